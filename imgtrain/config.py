@@ -1,0 +1,496 @@
+"""Typed run configuration: YAML files (with `extends`) plus `a.b.c=value` overrides.
+
+Every key lives in a dataclass below, so a misspelt key, a wrong type or a missing required value
+is an error naming the key and where it came from (file:line or the override) before anything runs.
+The resolved config dumps to YAML, loads back identically, and has a stable hash.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+REQUIRED = "???"  # a default that must be replaced by a file or an override
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; the message names the key and its origin."""
+
+
+def _volatile(default, **kw):
+    """A field that does not change results (paths, workers, logging): left out of the hash."""
+    return field(default=default, metadata={"volatile": True}, **kw)
+
+
+@dataclass
+class DataConfig:
+    path: str = REQUIRED  # shard data set directory (holds manifest.json)
+    batch_size: int = 64  # per rank
+    eval_batch_size: Optional[int] = None  # per rank; default batch_size
+    num_workers: int = _volatile(2)
+    img_size: int = 224
+    train_split: str = "train"
+    val_split: Optional[str] = "val"  # None: no validation
+    test_split: Optional[str] = "test"  # None: no test at the end
+    shuffle_buffer: int = 1000  # samples held by each loader for the in-window shuffle
+    in_chans: int = 3  # grey images are converted to this many channels
+    mean: Optional[list[float]] = None  # default: model's pretrained config, else the manifest's
+    std: Optional[list[float]] = None
+    # timm augmentation (timm.data.create_transform); eval uses resize + centre crop
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333333333333])
+    hflip: float = 0.5
+    vflip: float = 0.0
+    auto_augment: Optional[str] = None  # e.g. rand-m9-mstd0.5-inc1
+    color_jitter: Optional[float] = None
+    re_prob: float = 0.0  # random erasing
+    interpolation: str = "bicubic"
+    crop_pct: Optional[float] = None
+    simple_augment: bool = False  # only flip + pad-free resize (small images, digits)
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    max_bad_fraction: float = 0.01  # undecodable samples tolerated before the run stops
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"  # any timm model or a local one (mlp, simple_cnn, convmixer)
+    pretrained_path: Optional[str] = None  # local .pth/.safetensors; nothing downloads
+    num_classes: Optional[int] = None  # default: from the data set manifest
+    img_size: Optional[int] = None  # passed to models that take it (ViT)
+    patch_size: Optional[int] = None
+    drop_rate: float = 0.0
+    drop_path_rate: Optional[float] = None
+    # local nets
+    depth: Optional[int] = None
+    width: Optional[list[int]] = None
+    dim: Optional[int] = None
+    kernel_size: Optional[int] = None
+    activation: Optional[str] = None
+    variant: Optional[str] = None
+    kwargs: dict[str, Any] = field(default_factory=dict)  # any other create_model argument
+    # transfer learning
+    freeze_backbone: bool = False  # linear probe: only the classifier trains
+    unfreeze_last: int = 0  # with freeze_backbone: also train the last N blocks
+    reinit: list[str] = field(default_factory=list)  # name patterns re-initialised after loading
+    lr_groups: dict[str, float] = field(default_factory=dict)  # name pattern -> lr multiplier
+    layer_decay: Optional[float] = None  # timm layer-wise lr decay
+
+
+@dataclass
+class TaskConfig:
+    name: str = "classification"  # classification | score_distribution
+    loss: str = "ce"  # ce | emd | mse
+    label_smoothing: float = 0.0
+    class_weights: Optional[str] = None  # None | balanced
+    emd_r: int = 2
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # sgd | adam | adamw | rmsprop
+    lr: float = 1e-3  # for the global batch given by data.batch_size x world size
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    decay_norm_and_bias: bool = False
+
+
+@dataclass
+class SchedConfig:
+    name: str = "cosine"  # cosine | step | plateau | none
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 0.0
+    decay_epochs: float = 30.0  # step: epochs between decays
+    decay_rate: float = 0.1
+    patience_epochs: int = 5  # plateau
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    max_steps: Optional[int] = None  # stop after this many optimizer steps
+    seed: int = 0
+    deterministic: bool = False
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (AMP on GPU)
+    grad_accum: int = 1
+    clip_grad: Optional[float] = None
+    ema_decay: Optional[float] = None
+    channels_last: bool = False
+    compile: bool = False
+    ckpt_every_steps: Optional[int] = _volatile(None)
+    ckpt_every_minutes: Optional[float] = _volatile(None)
+    keep_top_k: int = _volatile(0)
+    monitor: str = "auto"  # split/metric; auto: val/acc1 (classification), val/emd (score_distribution)
+    monitor_mode: str = "auto"  # auto | max | min
+    patience: Optional[int] = None  # early stopping in evaluations without improvement
+    min_delta: float = 0.0
+    eval_every_epochs: int = 1
+    log_every_steps: int = _volatile(10)
+    log_every_seconds: float = _volatile(30.0)
+    max_attempts: int = _volatile(5)
+
+
+@dataclass
+class DistConfig:
+    strategy: str = "auto"  # auto | single | ddp | deepspeed
+    backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    timeout_s: float = _volatile(1800.0)  # a dead rank fails the others after this
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OutputConfig:
+    root: Optional[str] = _volatile(None)  # default $IMGTRAIN_ROOT or ./runs
+    run: Optional[str] = _volatile(None)  # run id; default <config name>-<config hash>
+    sweep: Optional[str] = _volatile(None)
+    cell: Optional[str] = _volatile(None)
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# Closed choices, checked with the types.
+CHOICES = {
+    "task.name": ("classification", "score_distribution"),
+    "task.loss": ("ce", "emd", "mse"),
+    "task.class_weights": (None, "balanced"),
+    "optim.name": ("sgd", "adam", "adamw", "rmsprop"),
+    "sched.name": ("cosine", "step", "plateau", "none"),
+    "trainer.precision": ("fp32", "bf16", "fp16"),
+    "trainer.monitor_mode": ("auto", "max", "min"),
+    "dist.strategy": ("auto", "single", "ddp", "deepspeed"),
+    "dist.backend": ("auto", "nccl", "gloo"),
+    "dist.zero_stage": (0, 1, 2, 3),
+    "data.interpolation": ("bilinear", "bicubic", "nearest", "random"),
+}
+
+
+# --------------------------------------------------------------------------- YAML with line numbers
+
+class _Loader(yaml.SafeLoader):
+    """safe_load that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value typed as YAML would type it (3e-4 -> float, [a,b] -> list)."""
+    if text == "":
+        return ""
+    return yaml.load(text, Loader=_Loader)
+
+
+def _key_lines(node, prefix: str, where: str, out: dict[str, str]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = f"{prefix}{k.value}"
+            out[key] = f"{where}:{k.start_mark.line + 1}"
+            _key_lines(v, key + ".", where, out)
+
+
+def _read_yaml(path: Path) -> tuple[dict, dict[str, str]]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of sections, not {type(data).__name__}")
+    origins: dict[str, str] = {}
+    _key_lines(node, "", str(path), origins)
+    return data, origins
+
+
+def _merge(dst: dict, src: dict, src_origins: dict[str, str], origins: dict[str, str], prefix="") -> None:
+    for k, v in src.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(dst.get(k), dict) and not _is_free_dict(key):
+            _merge(dst[k], v, src_origins, origins, key + ".")
+        else:
+            dst[k] = v
+            for o in [o for o in origins if o == key or o.startswith(key + ".")]:
+                del origins[o]
+        for o, where in src_origins.items():
+            if o == key or o.startswith(key + "."):
+                origins[o] = where
+
+
+def _load_file(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[str, str]]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself")
+    data, origins = _read_yaml(path)
+    bases = data.pop("extends", None)
+    if bases is None:
+        return data, origins
+    merged: dict = {}
+    merged_origins: dict[str, str] = {}
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        base_path = (path.parent / base) if not os.path.isabs(base) else Path(base)
+        if not base_path.exists():
+            raise ConfigError(f"{origins.get('extends', path)}: extends '{base}', which does not exist ({base_path})")
+        bdata, borig = _load_file(base_path, seen + (path,))
+        _merge(merged, bdata, borig, merged_origins)
+    _merge(merged, data, origins, merged_origins)
+    return merged, merged_origins
+
+
+# --------------------------------------------------------------------------- schema and validation
+
+def _fields(cls) -> dict[str, tuple[Any, dataclasses.Field]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
+
+
+def _is_free_dict(dotted: str) -> bool:
+    """Keys of dict-typed fields (model.kwargs, dist.deepspeed) are free-form."""
+    section, _, name = dotted.partition(".")
+    if "." in name or not name:
+        return False
+    sec = _fields(Config).get(section)
+    if sec is None or not dataclasses.is_dataclass(sec[0]):
+        return False
+    f = _fields(sec[0]).get(name)
+    return f is not None and typing.get_origin(f[0]) is dict
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if typing.get_origin(tp) is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if typing.get_origin(tp) is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp, key: str, where: str):
+    """Check `value` against the annotation `tp`; ints widen to floats. Raises ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1 and value is not None:  # Optional[T]: report T's own error (names the item)
+            try:
+                return _coerce(value, real[0], key, where)
+            except ConfigError as e:
+                raise ConfigError(str(e).replace(f"expected {_type_name(real[0])}", f"expected {_type_name(tp)}", 1)
+                                  if str(e).startswith(f"{key}:") else str(e)) from None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, where)
+            except ConfigError:
+                pass
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            (item,) = typing.get_args(tp)
+            return [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            _, vt = typing.get_args(tp)
+            return {str(k): _coerce(v, vt, f"{key}.{k}", where) for k, v in value.items()}
+    elif tp is Any:
+        return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}) [{where}]")
+
+
+def _unknown(key: str, candidates, where: str) -> ConfigError:
+    name = key.rsplit(".", 1)[-1]
+    prefix = key[: len(key) - len(name)]
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(sorted(candidates))}"
+    return ConfigError(f"unknown config key '{key}' [{where}]{hint}")
+
+
+def _build(cls, data: dict, origins: dict[str, str], prefix: str = ""):
+    schema = _fields(cls)
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        where = origins.get(key, "?")
+        if k not in schema:
+            raise _unknown(key, schema, where)
+        tp, _ = schema[k]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{key}: expected a mapping of {key}.* keys, got {v!r} [{where}]")
+            kwargs[k] = _build(tp, v, origins, key + ".")
+        else:
+            kwargs[k] = _coerce(v, tp, key, where)
+            choices = CHOICES.get(key)
+            if choices is not None and kwargs[k] not in choices:
+                raise ConfigError(f"{key}: {kwargs[k]!r} is not one of {', '.join(map(str, choices))} [{where}]")
+    return cls(**kwargs)
+
+
+def _missing(obj, prefix="") -> list[str]:
+    out = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out += _missing(v, f"{prefix}{f.name}.")
+        elif v == REQUIRED:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def set_dotted(data: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = data
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            if nxt is not None and not isinstance(nxt, dict):
+                raise ConfigError(f"override {key}: '{'.'.join(parts[: i + 1])}' is not a section")
+            nxt = node[p] = {}
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    key, eq, raw = text.partition("=")
+    key = key.strip()
+    if not eq or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[\w\-]+)*", key):
+        raise ConfigError(f"override '{text}': expected key=value, e.g. optim.lr=3e-4")
+    try:
+        return key, parse_value(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({e.__class__.__name__})") from None
+
+
+def from_dict(data: dict, origins: Optional[dict[str, str]] = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Build and validate a Config from nested dicts plus `key=value` overrides."""
+    data = json.loads(json.dumps(data))  # private deep copy
+    origins = dict(origins or {})
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(data, key, value)
+        origins[key] = f"override '{text}'"
+    cfg = _build(Config, data, origins)
+    missing = _missing(cfg)
+    if missing:
+        key = missing[0]
+        where = origins.get(key, "no file sets it")
+        raise ConfigError(f"missing required value '{key}' [{where}]; set it in the config or with {key}=...")
+    return cfg
+
+
+def load(path: str | os.PathLike | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML config (following `extends`), apply overrides, validate."""
+    data, origins = _load_file(Path(path)) if path is not None else ({}, {})
+    if path is not None and "name" not in data:
+        data["name"] = Path(path).stem
+    return from_dict(data, origins, overrides)
+
+
+# --------------------------------------------------------------------------- dump and hash
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def _hashable(obj) -> dict:
+    out = {}
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("volatile"):
+            continue
+        v = getattr(obj, f.name)
+        out[f.name] = _hashable(v) if dataclasses.is_dataclass(v) else v
+    return out
+
+
+def config_hash(cfg: Config, length: int = 12) -> str:
+    """Hash of everything that changes results (paths, workers and logging cadence left out)."""
+    blob = json.dumps(_hashable(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def flatten(cfg: Config | dict, prefix: str = "") -> dict[str, Any]:
+    """{'optim.lr': 0.001, ...}: for summaries (`cfg.<key>` columns) and sweep tables."""
+    d = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not _is_free_dict(f"{prefix}{k}"):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def known_keys() -> list[str]:
+    return list(flatten(Config()).keys())
+
+
+def check_key(key: str, where: str = "?") -> None:
+    """Raise ConfigError unless `key` is a config key (free-form dict keys included)."""
+    keys = known_keys()
+    if key in keys:
+        return
+    for k in keys:
+        if _is_free_dict(k) and key.startswith(k + "."):
+            return
+    section = key.split(".")[0]
+    sec = _fields(Config).get(section)
+    if sec is None or "." not in key:
+        raise _unknown(key, _fields(Config), where)
+    raise _unknown(key, _fields(sec[0]), where)

@@ -1,0 +1,47 @@
+"""Data pipeline: shard data set (DESIGN §1) -> per-rank batches in a resumable order."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from shards.manifest import load_manifest
+
+from imgtrain.config import Config
+from imgtrain.data.loader import ShardSplit, make_loader, train_batches, EvalBatches, collate  # noqa: F401
+from imgtrain.data.order import TrainPlan, epoch_order, eval_positions  # noqa: F401
+from imgtrain.data.transforms import build_mixup, build_transform, resolve_norm
+
+
+@dataclass
+class DatasetInfo:
+    root: Path
+    manifest: dict
+    task: str
+    class_names: list[str]
+    num_outputs: int  # classes, or score bins
+    class_counts: Optional[list[int]]  # train split, for balanced class weights
+
+
+def dataset_info(cfg: Config) -> DatasetInfo:
+    root = Path(cfg.data.path)
+    manifest = load_manifest(root)
+    if manifest["task"] != cfg.task.name:
+        raise ValueError(f"{root}/manifest.json holds a '{manifest['task']}' data set but task.name is "
+                         f"'{cfg.task.name}'")
+    if manifest["task"] == "classification":
+        names = list(manifest["classes"])
+        counts = manifest["splits"].get(cfg.data.train_split, {}).get("class_counts")
+    else:
+        names, counts = [str(b) for b in manifest["bins"]], None
+    return DatasetInfo(root, manifest, manifest["task"], names, len(names), counts)
+
+
+def build_split(cfg: Config, info: DatasetInfo, split: str, task, *, train: bool, mean, std) -> ShardSplit:
+    return ShardSplit(info.root, info.manifest, split, build_transform(cfg.data, train, mean, std),
+                      task.target_from_sample, seed=cfg.trainer.seed, in_chans=cfg.data.in_chans,
+                      task=info.task)
+
+
+__all__ = ["DatasetInfo", "dataset_info", "build_split", "build_mixup", "resolve_norm", "ShardSplit",
+           "make_loader", "train_batches", "EvalBatches", "TrainPlan", "epoch_order", "eval_positions"]

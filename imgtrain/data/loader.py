@@ -1,0 +1,168 @@
+"""Shard split -> decoded, augmented batches for one rank, in the position-addressable order.
+
+Each sample's augmentation is seeded from (seed, epoch, sample index), so a sample looks the same
+whichever worker or rank decodes it, and a resumed run draws exactly what it would have drawn.
+Undecodable samples and samples without a label are dropped from their batch and counted.
+"""
+from __future__ import annotations
+
+import io
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from imgtrain.data.order import TrainPlan, epoch_order, eval_positions
+from imgtrain.data.tarindex import ShardReader, index_shard
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm")
+
+
+@dataclass
+class Sample:
+    image: torch.Tensor
+    target: torch.Tensor
+    index: int  # global sample index in the split (manifest order)
+
+
+class BadSample(Exception):
+    pass
+
+
+class ShardSplit(Dataset):
+    """Map-style view of one split; items are (epoch, sample index) pairs from a batch sampler."""
+
+    def __init__(self, root: str | Path, manifest: dict, split: str, transform: Callable,
+                 target_fn: Callable[[Optional[int], dict], torch.Tensor], *, seed: int, in_chans: int = 3,
+                 task: str = "classification"):
+        if split not in manifest["splits"]:
+            raise ValueError(f"{root}/manifest.json has no split '{split}' (it has: {', '.join(manifest['splits'])})")
+        info = manifest["splits"][split]
+        self.root, self.split = Path(root), split
+        self.shard_files = [s["file"] for s in info["shards"]]
+        self.counts = [int(s["count"]) for s in info["shards"]]
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.reader = ShardReader([index_shard(self.root / f) for f in self.shard_files])
+        self.transform, self.target_fn = transform, target_fn
+        self.seed, self.mode = seed, ("RGB" if in_chans == 3 else "L")
+        self.task = task
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        shard = int(np.searchsorted(self.starts, index, side="right") - 1)
+        return shard, index - int(self.starts[shard])
+
+    def __getitem__(self, item: tuple[int, int]):
+        epoch, index = item
+        try:
+            return self._load(epoch, index)
+        except BadSample as e:
+            return ("bad", f"{self.split}:{index}: {e}")
+
+    def _load(self, epoch: int, index: int) -> Sample:
+        shard, pos = self.locate(index)
+        got = self.reader.read(shard, pos)
+        if got is None:
+            raise BadSample(f"missing from damaged shard {self.shard_files[shard]}")
+        key, members = got
+        ext = next((e for e in IMAGE_EXTS if e in members), None)
+        if ext is None:
+            raise BadSample(f"sample {key} in {self.shard_files[shard]} has no image")
+        try:
+            meta = json.loads(members["json"]) if "json" in members else {}
+            cls = int(members["cls"]) if "cls" in members else None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadSample(f"sample {key} in {self.shard_files[shard]}: bad label ({e})") from None
+        if self.task == "classification" and cls is None:
+            raise BadSample(f"sample {key} in {self.shard_files[shard]} has no cls label")
+        try:
+            with Image.open(io.BytesIO(members[ext])) as im:
+                im.load()
+                img = im.convert(self.mode)
+        except Exception as e:  # PIL raises many types for broken files
+            raise BadSample(f"sample {key} in {self.shard_files[shard]}: undecodable image ({e})") from None
+        with _seeded(self.seed, epoch, index):
+            image = self.transform(img)
+        return Sample(image, self.target_fn(cls, meta), index)
+
+
+class _seeded:
+    """Seed python/numpy/torch RNGs for one sample; in the main process, restore them afterwards."""
+
+    def __init__(self, seed: int, epoch: int, index: int):
+        self.state = np.random.SeedSequence([seed, epoch, index]).generate_state(2)
+        self.restore = get_worker_info() is None
+
+    def __enter__(self):
+        if self.restore:
+            self.saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        s0, s1 = (int(x) for x in self.state)
+        random.seed(s0)
+        np.random.seed(s1)
+        torch.manual_seed(s0 ^ (s1 << 1))
+
+    def __exit__(self, *exc):
+        if self.restore:
+            random.setstate(self.saved[0])
+            np.random.set_state(self.saved[1])
+            torch.set_rng_state(self.saved[2])
+
+
+def collate(items) -> dict:
+    good = [s for s in items if isinstance(s, Sample)]
+    bad = [s[1] for s in items if not isinstance(s, Sample)]
+    if good:
+        images = torch.stack([s.image for s in good])
+        targets = torch.stack([s.target for s in good])
+    else:
+        images, targets = torch.zeros(0), torch.zeros(0)
+    return {"image": images, "target": targets, "index": torch.tensor([s.index for s in good], dtype=torch.long),
+            "bad": bad}
+
+
+class TrainBatches:
+    """Batch sampler over the rest of an epoch for one rank (see order.py)."""
+
+    def __init__(self, order: np.ndarray, plan: TrainPlan, rank: int, epoch: int):
+        self.order, self.plan, self.rank, self.epoch = order, plan, rank, epoch
+
+    def __len__(self) -> int:
+        return self.plan.steps
+
+    def __iter__(self):
+        for step in range(self.plan.steps):
+            yield [(self.epoch, int(self.order[p])) for p in self.plan.rank_positions(self.rank, step)]
+
+
+class EvalBatches:
+    def __init__(self, total: int, rank: int, world: int, batch: int):
+        self.positions = eval_positions(total, rank, world)
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return -(-len(self.positions) // self.batch)
+
+    def __iter__(self):
+        pos = list(self.positions)
+        for i in range(0, len(pos), self.batch):
+            yield [(0, p) for p in pos[i:i + self.batch]]
+
+
+def make_loader(dataset: ShardSplit, batches, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=pin_memory, persistent_workers=False,
+                      prefetch_factor=4 if num_workers > 0 else None)
+
+
+def train_batches(dataset: ShardSplit, *, seed: int, epoch: int, buffer: int, batch: int, rank: int,
+                  world: int, start: int = 0) -> TrainBatches:
+    order = epoch_order(dataset.counts, seed=seed, epoch=epoch, buffer=buffer)
+    return TrainBatches(order, TrainPlan(len(dataset), batch, world, start), rank, epoch)

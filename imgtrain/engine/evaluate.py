@@ -1,0 +1,59 @@
+"""Evaluate a model on a split: every sample exactly once across ranks, metrics equal to one process."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from imgtrain.data import EvalBatches, make_loader
+from imgtrain.engine import dist
+from imgtrain.engine.dist import DistEnv
+
+
+@torch.no_grad()
+def predict(model, dataset, *, batch: int, num_workers: int, env: DistEnv, autocast=contextlib.nullcontext,
+            channels_last: bool = False):
+    """(logits [N, C] float32, targets, sample indices, bad-sample reasons), gathered in index order."""
+    was_training = model.training
+    model.eval()
+    loader = make_loader(dataset, EvalBatches(len(dataset), env.rank, env.world, batch), num_workers,
+                         pin_memory=env.device.type == "cuda")
+    logits, targets, indices, bad = [], [], [], []
+    state = torch.get_rng_state()  # creating a loader draws a seed: keep the training RNG untouched
+    it = iter(loader)
+    torch.set_rng_state(state)
+    for b in it:
+        bad += b["bad"]
+        if len(b["index"]) == 0:
+            continue
+        x = b["image"].to(env.device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            out = model(x)
+        logits.append(out.float().cpu())
+        targets.append(b["target"])
+        indices.append(b["index"])
+    model.train(was_training)
+    local = (torch.cat(logits) if logits else None, torch.cat(targets) if targets else None,
+             torch.cat(indices) if indices else None, bad)
+    parts = dist.gather_objects(env, local)
+    kept = [p for p in parts if p[0] is not None]
+    all_bad = [r for p in parts for r in p[3]]
+    if not kept:
+        raise RuntimeError(f"no sample of split '{dataset.split}' could be read ({len(all_bad)} bad)")
+    lg = torch.cat([p[0] for p in kept]).numpy()
+    tg = torch.cat([p[1] for p in kept]).numpy()
+    ix = torch.cat([p[2] for p in kept]).numpy()
+    order = np.argsort(ix, kind="stable")
+    return lg[order], tg[order], ix[order], all_bad
+
+
+def evaluate(model, dataset, task, **kw) -> tuple[dict, dict]:
+    """(metrics, extra outputs such as the confusion matrix) on one split."""
+    logits, targets, indices, bad = predict(model, dataset, **kw)
+    metrics = task.metrics(logits, targets)
+    metrics["samples"] = float(len(indices))
+    metrics["skipped"] = float(len(bad))
+    return metrics, {"logits": logits, "targets": targets, "indices": indices, "bad": bad}

@@ -1,0 +1,62 @@
+"""Optimizer and learning-rate schedule factories (timm's schedulers, stepped per optimizer update)."""
+from __future__ import annotations
+
+import torch
+from timm.scheduler import create_scheduler_v2
+from timm.scheduler.plateau_lr import PlateauLRScheduler
+
+from imgtrain.config import OptimConfig, SchedConfig
+
+
+def build_optimizer(cfg: OptimConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """`groups` carry 'lr_scale' (per-group multiplier) and 'weight_decay' (0 for norms and biases)."""
+    for g in groups:
+        g.setdefault("lr_scale", 1.0)
+        g["lr"] = cfg.lr * g["lr_scale"]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.name == "adam":
+        # decoupled decay is adamw; adam keeps the classic L2 penalty through weight_decay
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps)
+    raise ValueError(f"optim.name: unknown optimizer '{cfg.name}'")
+
+
+def build_scheduler(cfg: SchedConfig, optimizer, *, epochs: int, updates_per_epoch: int, mode: str):
+    """A timm scheduler driven by `step_update(global_step)` and `step(epoch, metric)`; None for 'none'."""
+    if cfg.name == "none":
+        return None
+    sched, _ = create_scheduler_v2(
+        optimizer, sched=cfg.name, num_epochs=epochs, decay_epochs=cfg.decay_epochs, decay_rate=cfg.decay_rate,
+        min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
+        patience_epochs=cfg.patience_epochs, plateau_mode=mode,
+        step_on_epochs=cfg.name == "plateau", updates_per_epoch=max(1, updates_per_epoch))
+    return sched
+
+
+def scheduler_state(sched) -> dict:
+    if sched is None:
+        return {}
+    state = sched.state_dict()
+    if isinstance(sched, PlateauLRScheduler):  # timm keeps only part of torch's plateau state
+        state = {"plateau": sched.lr_scheduler.state_dict(), **state}
+    return state
+
+
+def load_scheduler_state(sched, state: dict) -> None:
+    if sched is None or not state:
+        return
+    state = dict(state)
+    plateau = state.pop("plateau", None)
+    sched.load_state_dict(state)
+    if plateau is not None and isinstance(sched, PlateauLRScheduler):
+        sched.lr_scheduler.load_state_dict(plateau)
+
+
+def current_lr(optimizer) -> float:
+    """The base learning rate (group lr divided by its scale)."""
+    g = optimizer.param_groups[0]
+    return g["lr"] / g.get("lr_scale", 1.0)

@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""Train and evaluate one run (also under torchrun for DDP). See `python jobs/train.py --help`."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, venv or container
+
+from imgtrain.engine.trainer import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

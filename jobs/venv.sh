@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Create or reuse the project's virtual environment (default .venv) and install requirements.txt.
+# The venv is stamped with the requirements file's sha256: unchanged file -> nothing is reinstalled.
+#   bash jobs/venv.sh [VENV_DIR]      env: PYTHON (default python3.11), IMGTRAIN_REQUIREMENTS
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${1:-$root/.venv}
+req=${IMGTRAIN_REQUIREMENTS:-$root/requirements.txt}
+stamp="$venv/.requirements.sha256"
+
+[ -f "$req" ] || { echo "venv: requirements file $req not found" >&2; exit 2; }
+want=$(sha256sum "$req" | cut -d' ' -f1)
+if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  echo "venv: $venv is up to date with $(basename "$req")"
+  exit 0
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  python=${PYTHON:-python3.11}
+  command -v "$python" >/dev/null || { echo "venv: $python not found; imgtrain needs Python 3.11 (set PYTHON=...)" >&2; exit 2; }
+  "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+    || { echo "venv: $python is not Python 3.11 (the pinned torch wheels are cp311)" >&2; exit 2; }
+  echo "venv: creating $venv"
+  "$python" -m venv "$venv"
+fi
+echo "venv: installing $(basename "$req") (requirements changed or first run)"
+rm -f "$stamp"
+# pip warns once per local wheel folder it ignores; drop that noise, keep pip's exit status.
+set +e
+"$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off -r "$req" 2>&1 \
+  | grep -v "is ignored"
+status=${PIPESTATUS[0]}
+set -e
+[ "$status" -eq 0 ] || { echo "venv: pip install -r $req failed (exit $status)" >&2; exit "$status"; }
+# imgtrain and shards import from the repository root (an editable install without a build step).
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$root" > "$site/imgtrain-root.pth"
+echo "$want" > "$stamp"
+echo "venv: ready ($venv)"
