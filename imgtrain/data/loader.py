@@ -107,7 +107,7 @@ class _seeded:
         s0, s1 = (int(x) for x in self.state)
         random.seed(s0)
         np.random.seed(s1)
-        torch.manual_seed(s0 ^ (s1 << 1))
+        torch.default_generator.manual_seed(s0 ^ (s1 << 1))  # CPU transforms only; torch.manual_seed is slow
 
     def __exit__(self, *exc):
         if self.restore:

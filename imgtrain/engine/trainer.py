@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import signal
 import socket
 import sys
 import time
@@ -51,6 +52,8 @@ class TrainState:
     wall_s: float = 0.0  # training time over all attempts
     images: int = 0  # training images seen over all attempts
     skipped: int = 0  # undecodable training samples over all attempts
+    epoch_loss_sum: float = 0.0  # this epoch's logged train losses, so a mid-epoch resume reports the same mean
+    epoch_loss_n: int = 0
 
 
 @dataclass
@@ -243,6 +246,8 @@ def _fit(cfg, env, rdir, run_id, chash, attempt, writer, stop, log, t_start) -> 
                         initial=state.step, epochs=cfg.trainer.epochs)
     last_ckpt_time = time.time()
     stop_reason = None
+    stop_at_step = int(os.environ.get("IMGTRAIN_TEST_SIGNAL_AT_STEP", "-1"))
+    last_bad = None
     model.train()
 
     while state.epoch < cfg.trainer.epochs and stop_reason is None:
@@ -257,14 +262,14 @@ def _fit(cfg, env, rdir, run_id, chash, attempt, writer, stop, log, t_start) -> 
         rng = torch.get_rng_state()  # creating the loader draws a seed: keep training RNG identical on resume
         it = iter(loader)
         torch.set_rng_state(rng)
-        window_loss, window_n, window_imgs, window_t = 0.0, 0, 0, time.time()
-        epoch_loss, epoch_n = 0.0, 0
+        window_loss, window_n, window_imgs, window_bad, window_t = 0.0, 0, 0, 0, time.time()
         for micro, b in enumerate(it):
             if micro >= usable:
                 break
             x, y = b["image"], b["target"]
             if b["bad"]:
-                state.skipped += len(b["bad"])
+                window_bad += len(b["bad"])
+                last_bad = b["bad"][-1]
                 for reason in b["bad"]:
                     warnings.warn(f"skipped training sample {reason}")
             if mixup is not None and len(x) % 2:
@@ -311,18 +316,21 @@ def _fit(cfg, env, rdir, run_id, chash, attempt, writer, stop, log, t_start) -> 
                 dt = max(time.time() - window_t, 1e-9)
                 imgs = dist.sum_scalar(env, window_imgs)
                 state.images += int(imgs)
-                epoch_loss += mean_loss * window_n
-                epoch_n += window_n
+                state.skipped += int(dist.sum_scalar(env, window_bad))
+                state.epoch_loss_sum += mean_loss * window_n
+                state.epoch_loss_n += window_n
                 if writer is not None:
                     writer.log_many("train", {"loss": mean_loss, "lr": lr, "img_per_s": imgs / dt},
                                     epoch=epoch, step=state.step)
                 progress.update(state.step - progress.n, epoch=epoch + 1, loss=mean_loss, lr=lr,
                                 img_per_s=imgs / dt)
-                window_loss, window_n, window_imgs, window_t = 0.0, 0, 0, time.time()
+                window_loss, window_n, window_imgs, window_bad, window_t = 0.0, 0, 0, 0, time.time()
                 if state.skipped > cfg.data.max_bad_fraction * max(state.images, 1) and state.skipped > 10:
                     raise RuntimeError(f"{state.skipped} undecodable training samples out of {state.images} exceed "
-                                       f"data.max_bad_fraction={cfg.data.max_bad_fraction}; last: {b['bad'][-1:]}")
+                                       f"data.max_bad_fraction={cfg.data.max_bad_fraction}; last on this rank: {last_bad}")
 
+            if stop_at_step == state.step:  # test hook: a real signal at a known step
+                os.kill(os.getpid(), signal.SIGUSR1)
             if cfg.trainer.max_steps and state.step >= cfg.trainer.max_steps:
                 stop_reason = "max_steps"
             if dist.any_rank(env, bool(stop)) and stop_reason is None:
@@ -342,8 +350,10 @@ def _fit(cfg, env, rdir, run_id, chash, attempt, writer, stop, log, t_start) -> 
             break  # last.pt was written at this step
         if epoch_done or stop_reason == "max_steps":
             # ---- end of epoch (or of the step budget): evaluate, early stopping, checkpoints
-            if writer is not None and epoch_n:
-                writer.log("train", "epoch_loss", epoch_loss / epoch_n, epoch=epoch, step=state.step)
+            epoch_loss = state.epoch_loss_sum / max(state.epoch_loss_n, 1)
+            if writer is not None and state.epoch_loss_n:
+                writer.log_many("train", {"epoch_loss": epoch_loss, "skipped": float(state.skipped)},
+                                epoch=epoch, step=state.step)
             metrics = {}
             if val_ds is not None and ((epoch + 1) % cfg.trainer.eval_every_epochs == 0
                                        or epoch + 1 == cfg.trainer.epochs or stop_reason):
@@ -356,7 +366,7 @@ def _fit(cfg, env, rdir, run_id, chash, attempt, writer, stop, log, t_start) -> 
                 progress.write(f"epoch {epoch + 1}/{cfg.trainer.epochs} val: " +
                                " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k))
             value = metrics.get(monitor.split("/", 1)[1]) if monitor.startswith("val/") else \
-                (epoch_loss / max(epoch_n, 1) if monitor == "train/epoch_loss" else None)
+                (epoch_loss if monitor == "train/epoch_loss" else None)
             improved = False
             if value is not None and math.isfinite(value):
                 improved = _improved(value, state.best, mode, cfg.trainer.min_delta)
@@ -367,7 +377,7 @@ def _fit(cfg, env, rdir, run_id, chash, attempt, writer, stop, log, t_start) -> 
             if sched is not None:
                 sched.step(epoch + 1, value)
             if epoch_done:
-                state.epoch, state.consumed = epoch + 1, 0
+                state.epoch, state.consumed, state.epoch_loss_sum, state.epoch_loss_n = epoch + 1, 0, 0.0, 0
             state.wall_s += time.time() - t_start
             t_start = time.time()
             snap = snapshot()
@@ -421,9 +431,8 @@ def _fit(cfg, env, rdir, run_id, chash, attempt, writer, stop, log, t_start) -> 
                    "wall_s": state.wall_s,
                    "gpu_hours": state.wall_s * world / 3600 if env.device.type == "cuda" else 0.0,
                    "img_per_s": state.images / state.wall_s if state.wall_s else 0.0,
-                   **{f"test/{k}": v for k, v in test_metrics.items() if "/" not in k},
-                   **{f"cfg.{k}": v for k, v in C.flatten(cfg).items()}}
-        write_summary(rdir, summary)
+                   **{f"test/{k}": v for k, v in test_metrics.items() if "/" not in k}}
+        write_summary(rdir, summary, config=cfg)
         mark_done(rdir)
         log(f"done: {state.epoch} epochs, {state.step} steps in {state.wall_s:.1f}s; best {monitor} "
             f"{state.best if state.best is None else round(state.best, 4)} at epoch {state.best_epoch + 1}")
