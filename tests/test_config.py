@@ -95,7 +95,7 @@ def test_wrong_types_and_choices(base, override, pattern):
 
 def test_wrong_type_in_file_names_line(tmp_path):
     p = write(tmp_path / "t.yaml", "data:\n  path: x\n  img_size: big\n")
-    with pytest.raises(C.ConfigError, match=rf"data.img_size: expected int, got 'big' .*t.yaml:3"):
+    with pytest.raises(C.ConfigError, match=r"data.img_size: expected int, got 'big' .*t.yaml:3"):
         C.load(p)
 
 

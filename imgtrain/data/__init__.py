@@ -8,8 +8,8 @@ from typing import Optional
 from shards.manifest import load_manifest
 
 from imgtrain.config import Config
-from imgtrain.data.loader import ShardSplit, make_loader, train_batches, EvalBatches, collate  # noqa: F401
-from imgtrain.data.order import TrainPlan, epoch_order, eval_positions  # noqa: F401
+from imgtrain.data.loader import EvalBatches, ShardSplit, make_loader, train_batches
+from imgtrain.data.order import TrainPlan, epoch_order, eval_positions
 from imgtrain.data.transforms import build_mixup, build_transform, resolve_norm
 
 

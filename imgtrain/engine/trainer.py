@@ -1,8 +1,9 @@
 """One training run: build everything from the config, then train, evaluate, checkpoint and log.
 
-The loop reads top to bottom: resume -> epochs of steps (with accumulation, AMP, clipping, EMA) ->
-evaluation, early stopping and checkpoints -> test -> summary. DDP wraps the model from outside;
-the loop only asks for `no_sync` while accumulating.
+`Trainer.fit()` reads like the recipe: resume -> epochs of steps (accumulation, AMP, clipping, EMA)
+-> evaluation, early stopping and checkpoints -> test -> summary. DDP wraps the model from outside;
+the loop only asks for `no_sync` while accumulating. `run()` does the run-directory bookkeeping
+around it (DONE check, attempts in run.json, FAILED marker).
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -68,20 +69,8 @@ def run_id_for(cfg: C.Config) -> str:
     return cfg.output.run or f"{cfg.name}-{C.config_hash(cfg)[:8]}"
 
 
-def _monitor(cfg: C.Config, task) -> tuple[str, str]:
-    metric = cfg.trainer.monitor
-    if metric == "auto":
-        metric = task.monitor_default[0] if cfg.data.val_split else "train/epoch_loss"
-    mode = cfg.trainer.monitor_mode
-    if mode == "auto":
-        mode = task.mode(metric.split("/", 1)[-1])
-    return metric, mode
-
-
-def _improved(value: float, best: Optional[float], mode: str, min_delta: float) -> bool:
-    if best is None:
-        return True
-    return value > best + min_delta if mode == "max" else value < best - min_delta
+def run_dir_for(cfg: C.Config) -> Path:
+    return resolve_root(cfg.output.root) / "runs" / run_id_for(cfg)
 
 
 def _autocast(cfg: C.Config, device: torch.device):
@@ -91,46 +80,43 @@ def _autocast(cfg: C.Config, device: torch.device):
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
 def train(cfg: C.Config) -> RunResult:
     env = dist.init(cfg)
     try:
-        return _train(cfg, env)
+        return run(cfg, env)
     finally:
         dist.close(env)
 
 
-def _train(cfg: C.Config, env: dist.DistEnv) -> RunResult:
-    t_start = time.time()
-    chash = C.config_hash(cfg)
-    run_id = run_id_for(cfg)
-    rdir = resolve_root(cfg.output.root) / "runs" / run_id
-    log = (lambda msg: print(f"[imgtrain] {msg}", flush=True)) if env.is_main else (lambda msg: None)
-
+def run(cfg: C.Config, env: dist.DistEnv, batch_source=None) -> RunResult:
+    """Bookkeeping around Trainer.fit(): DONE runs are left alone, every attempt is recorded."""
+    rdir, run_id = run_dir_for(cfg), run_id_for(cfg)
     if read_status(rdir) == "DONE":
-        log(f"run {run_id} is already DONE ({rdir}); nothing to do")
+        if env.is_main:
+            print(f"[imgtrain] run {run_id} is already DONE ({rdir}); nothing to do", flush=True)
         return RunResult(rdir, "DONE", 0)
-
-    torch.manual_seed(cfg.trainer.seed + env.rank)
-    np.random.seed((cfg.trainer.seed + env.rank) % 2**32)
-    random.seed(cfg.trainer.seed + env.rank)
-    if cfg.trainer.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-
     if env.is_main:
         rdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(rdir / "config.yaml", C.to_yaml(cfg))
-    attempt = start_attempt(rdir, run_id=run_id, sweep=cfg.output.sweep, cell=cfg.output.cell, config_hash=chash,
-                            world_size=env.world, hosts=[socket.gethostname()]) if env.is_main else 0
-    attempt = dist.broadcast_object(env, attempt)
-    writer = MetricWriter(rdir, run_id, cfg.output.sweep, attempt) if env.is_main else None
+        attempt = start_attempt(rdir, run_id=run_id, sweep=cfg.output.sweep, cell=cfg.output.cell,
+                                config_hash=C.config_hash(cfg), world_size=env.world, hosts=[socket.gethostname()])
+    attempt = dist.broadcast_object(env, attempt if env.is_main else None)
     stop = StopRequest().install()
+    trainer = None
     try:
-        result = _fit(cfg, env, rdir, run_id, chash, attempt, writer, stop, log, t_start)
+        trainer = Trainer(cfg, env, attempt, stop, batch_source=batch_source)
+        result = trainer.fit()
     except BaseException as e:
-        if writer is not None:
-            writer.close()
+        if trainer is not None:
+            trainer.close()
         if env.is_main:
             reason = f"{type(e).__name__}: {e}"
             end_attempt(rdir, attempt, status="FAILED", exit_code=1, reason=reason)
@@ -139,305 +125,410 @@ def _train(cfg: C.Config, env: dist.DistEnv) -> RunResult:
         raise
     finally:
         stop.uninstall()
-    if writer is not None:
-        writer.close()
+    trainer.close()
     if env.is_main:
         end_attempt(rdir, attempt, status=result.status, exit_code=result.exit_code)
     return result
 
 
-def _fit(cfg, env, rdir, run_id, chash, attempt, writer, stop, log, t_start) -> RunResult:
-    # ---- data set, task, model
-    info = dataset_info(cfg)
-    task = tasks.build(cfg.task, info.num_outputs, info.class_counts)
-    num_classes = cfg.model.num_classes or info.num_outputs
-    model = models.create_model(cfg.model, num_classes=num_classes, in_chans=cfg.data.in_chans,
-                                img_size=cfg.data.img_size)
-    pretrained = cfg.model.pretrained_path is not None
-    if pretrained:
-        models.load_pretrained(model, cfg.model.pretrained_path, num_classes)
-    models.apply_transfer(model, cfg.model)
-    mean, std = resolve_norm(cfg.data, models.data_config(model, pretrained), info.manifest, pretrained)
-    train_ds = build_split(cfg, info, cfg.data.train_split, task, train=True, mean=mean, std=std)
-    val_ds = build_split(cfg, info, cfg.data.val_split, task, train=False, mean=mean, std=std) \
-        if cfg.data.val_split and cfg.data.val_split in info.manifest["splits"] else None
-    test_ds = build_split(cfg, info, cfg.data.test_split, task, train=False, mean=mean, std=std) \
-        if cfg.data.test_split and cfg.data.test_split in info.manifest["splits"] else None
-    mixup = build_mixup(cfg.data, num_classes, cfg.task.label_smoothing) if task.name == "classification" else None
+class Trainer:
+    """Everything one run needs, built from the config. `batch_source(epoch, plan)` may replace the shard
+    loader (benchmarks feed in-memory batches through it)."""
 
-    model.to(env.device)
-    if cfg.trainer.channels_last:
-        model.to(memory_format=torch.channels_last)
-    groups = models.param_groups(model, cfg.optim, cfg.model)
-    optimizer = build_optimizer(cfg.optim, groups)
-    accum, batch, world = cfg.trainer.grad_accum, cfg.data.batch_size, env.world
-    global_batch = batch * world
-    micro_per_epoch = len(train_ds) // global_batch
-    steps_per_epoch = micro_per_epoch // accum
-    if steps_per_epoch == 0:
-        raise ValueError(f"split '{cfg.data.train_split}' has {len(train_ds)} samples, fewer than one optimizer step "
-                         f"needs (data.batch_size {batch} x {world} ranks x trainer.grad_accum {accum})")
-    monitor, mode = _monitor(cfg, task)
-    sched = build_scheduler(cfg.sched, optimizer, epochs=cfg.trainer.epochs, updates_per_epoch=steps_per_epoch,
-                            mode=mode)
-    scaler = torch.amp.GradScaler(enabled=cfg.trainer.precision == "fp16" and env.device.type == "cuda")
-    ema = None
-    if cfg.trainer.ema_decay:
-        from timm.utils import ModelEmaV3
-        ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay)
-    autocast = _autocast(cfg, env.device)
+    def __init__(self, cfg: C.Config, env: dist.DistEnv, attempt: int = 0, stop: Optional[StopRequest] = None,
+                 batch_source: Optional[Callable] = None):
+        self.cfg, self.env, self.attempt = cfg, env, attempt
+        self.stop = stop if stop is not None else StopRequest()
+        self.run_id, self.rdir, self.chash = run_id_for(cfg), run_dir_for(cfg), C.config_hash(cfg)
+        self.batch_source = batch_source
+        seed_everything(cfg.trainer.seed + env.rank)
+        if cfg.trainer.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
 
-    # ---- resume
-    ckpt = Checkpointer(rdir / "checkpoints", cfg.trainer.keep_top_k, mode)
-    state = TrainState()
+        # data set, task, model
+        self.info = info = dataset_info(cfg)
+        self.task = tasks.build(cfg.task, info.num_outputs, info.class_counts)
+        self.num_classes = cfg.model.num_classes or info.num_outputs
+        model = models.create_model(cfg.model, num_classes=self.num_classes, in_chans=cfg.data.in_chans,
+                                    img_size=cfg.data.img_size)
+        pretrained = cfg.model.pretrained_path is not None
+        if pretrained:
+            models.load_pretrained(model, cfg.model.pretrained_path, self.num_classes)
+        models.apply_transfer(model, cfg.model)
+        mean, std = resolve_norm(cfg.data, models.data_config(model, pretrained), info.manifest, pretrained)
+        splits = info.manifest["splits"]
 
-    def check_model(s):
-        model.load_state_dict(s["model"], strict=True)
+        def split(name, train):
+            return build_split(cfg, info, name, self.task, train=train, mean=mean, std=std) \
+                if name and (train or name in splits) else None
 
-    resumed = ckpt.load_resume(chash, check_model)
-    if resumed is not None:
-        optimizer.load_state_dict(resumed["optimizer"])
-        load_scheduler_state(sched, resumed.get("scheduler", {}))
+        self.train_ds = split(cfg.data.train_split, True)
+        self.val_ds, self.test_ds = split(cfg.data.val_split, False), split(cfg.data.test_split, False)
+        self.mixup = build_mixup(cfg.data, self.num_classes, cfg.task.label_smoothing) \
+            if self.task.name == "classification" else None
+
+        # optimisation
+        model.to(env.device)
+        if cfg.trainer.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = build_optimizer(cfg.optim, models.param_groups(model, cfg.optim, cfg.model))
+        self.accum, self.batch = cfg.trainer.grad_accum, cfg.data.batch_size
+        self.global_batch = self.batch * env.world
+        self.steps_per_epoch = len(self.train_ds) // self.global_batch // self.accum
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"split '{cfg.data.train_split}' has {len(self.train_ds)} samples, fewer than one "
+                             f"optimizer step needs (data.batch_size {self.batch} x {env.world} ranks x "
+                             f"trainer.grad_accum {self.accum})")
+        self.monitor, self.mode = self._monitor()
+        self.sched = build_scheduler(cfg.sched, self.optimizer, epochs=cfg.trainer.epochs,
+                                     updates_per_epoch=self.steps_per_epoch, mode=self.mode)
+        self.scaler = torch.amp.GradScaler(enabled=cfg.trainer.precision == "fp16" and env.device.type == "cuda")
+        self.ema = None
+        if cfg.trainer.ema_decay:
+            from timm.utils import ModelEmaV3
+            self.ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay)
+        self.autocast = _autocast(cfg, env.device)
+        self.ddp_model = DDP(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None) \
+            if env.distributed else model
+        if cfg.trainer.compile:
+            self.ddp_model = torch.compile(self.ddp_model)
+
+        # bookkeeping
+        self.ckpt = Checkpointer(self.rdir / "checkpoints", cfg.trainer.keep_top_k, self.mode)
+        self.writer = MetricWriter(self.rdir, self.run_id, cfg.output.sweep, attempt) if env.is_main else None
+        self.state = TrainState()
+        self.t_mark = time.time()
+        self.last_bad: Optional[str] = None
+
+    # ------------------------------------------------------------------------------------ helpers
+
+    def log(self, msg: str) -> None:
+        if self.env.is_main:
+            print(f"[imgtrain] {msg}", flush=True)
+
+    def _monitor(self) -> tuple[str, str]:
+        metric, mode = self.cfg.trainer.monitor, self.cfg.trainer.monitor_mode
+        if metric == "auto":
+            metric = self.task.monitor_default[0] if self.val_ds is not None else "train/epoch_loss"
+        if mode == "auto":
+            mode = self.task.mode(metric.split("/", 1)[-1])
+        return metric, mode
+
+    def _improved(self, value: float) -> bool:
+        best, delta = self.state.best, self.cfg.trainer.min_delta
+        if best is None:
+            return True
+        return value > best + delta if self.mode == "max" else value < best - delta
+
+    def _tick(self) -> None:
+        """Add the time since the last tick to the run's wall time (kept across attempts)."""
+        now = time.time()
+        self.state.wall_s += now - self.t_mark
+        self.t_mark = now
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    # ------------------------------------------------------------------------------------ checkpoints
+
+    def snapshot(self) -> dict:
+        """DESIGN §4. Collective: every rank contributes its RNG state."""
+        rngs = dist.gather_objects(self.env, rng_state())
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": scheduler_state(self.sched), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "state": asdict(self.state), "rng": rngs, "config_hash": self.chash,
+                "world_size": self.env.world, "run_id": self.run_id, "attempt": self.attempt,
+                "model_name": self.cfg.model.name}
+
+    def save(self, *, improved: bool = False, value: Optional[float] = None, epoch: Optional[int] = None) -> None:
+        self._tick()
+        snap = self.snapshot()
+        if self.env.is_main:
+            self.ckpt.save_last(snap)
+            if improved:
+                self.ckpt.save_best(snap)
+            if value is not None:
+                self.ckpt.save_top_k(snap, epoch if epoch is not None else self.state.epoch, value)
+            self.writer.flush()  # metrics up to this checkpoint are on disk with it
+        dist.barrier(self.env)
+
+    def resume(self) -> None:
+        resumed = self.ckpt.load_resume(self.chash, lambda s: self.model.load_state_dict(s["model"], strict=True))
+        if resumed is None:
+            if self.sched is not None:
+                self.sched.step_update(0)
+            return
+        self.optimizer.load_state_dict(resumed["optimizer"])  # also restores each group's lr
+        load_scheduler_state(self.sched, resumed.get("scheduler", {}))
         if resumed.get("scaler"):
-            scaler.load_state_dict(resumed["scaler"])
-        if ema is not None and resumed.get("ema") is not None:
-            ema.module.load_state_dict(resumed["ema"])
-        state = TrainState(**resumed["state"])
-        if resumed["world_size"] == world:
-            set_rng_state(resumed["rng"][env.rank])
-        else:  # another world size: same sample position, fresh per-rank RNG streams
-            torch.manual_seed(cfg.trainer.seed + env.rank + 1000 * state.step)
-            if state.consumed % (global_batch * accum):
-                state.consumed -= state.consumed % (global_batch * accum)  # never skip a sample
-            log(f"world size changed {resumed['world_size']} -> {world}: continuing at epoch {state.epoch}, "
-                f"sample {state.consumed} of the epoch, step {state.step}")
-        log(f"resumed {run_id} at epoch {state.epoch} step {state.step} (attempt {attempt})")
-    if sched is not None and resumed is None:
-        sched.step_update(0)
+            self.scaler.load_state_dict(resumed["scaler"])
+        if self.ema is not None and resumed.get("ema") is not None:
+            self.ema.module.load_state_dict(resumed["ema"])
+        self.state = state = TrainState(**resumed["state"])
+        if resumed["world_size"] == self.env.world:
+            set_rng_state(resumed["rng"][self.env.rank])
+        else:  # same sample position, fresh per-rank RNG streams; exactness is not promised here
+            seed_everything(self.cfg.trainer.seed + self.env.rank + 1000 * state.step)
+            self.log(f"world size changed {resumed['world_size']} -> {self.env.world}: continuing at epoch "
+                     f"{state.epoch}, sample {state.consumed} of the epoch, step {state.step}")
+        self.log(f"resumed {self.run_id} at epoch {state.epoch} step {state.step} (attempt {self.attempt})")
 
-    ddp_model = DDP(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None) \
-        if env.distributed else model
-    if cfg.trainer.compile:
-        ddp_model = torch.compile(ddp_model)
+    # ------------------------------------------------------------------------------------ training
 
-    def snapshot() -> dict:
-        rngs = dist.gather_objects(env, rng_state())
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler_state(sched), "scaler": scaler.state_dict(),
-                "ema": ema.module.state_dict() if ema is not None else None,
-                "state": state.__dict__.copy(), "rng": rngs, "config_hash": chash, "world_size": world,
-                "run_id": run_id, "attempt": attempt, "model_name": cfg.model.name}
+    def fit(self) -> RunResult:
+        cfg = self.cfg
+        self.resume()
+        state = self.state
+        total = self.steps_per_epoch * cfg.trainer.epochs
+        if cfg.trainer.max_steps:
+            total = min(total, cfg.trainer.max_steps)
+        self.log(f"run {self.run_id} -> {self.rdir}")
+        self.log(f"model {cfg.model.name}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params, "
+                 f"{self.num_classes} outputs; {len(self.train_ds)} train samples, {self.env.world} rank(s) x "
+                 f"batch {self.batch} x accum {self.accum}, {self.steps_per_epoch} steps/epoch, "
+                 f"monitor {self.monitor} ({self.mode})")
+        self.progress = Progress(total, desc=self.run_id, enabled=self.env.is_main,
+                                 every_seconds=cfg.trainer.log_every_seconds, initial=state.step,
+                                 epochs=cfg.trainer.epochs)
+        reason = None
+        while state.epoch < cfg.trainer.epochs and reason is None:
+            reason, epoch_done = self.train_epoch()
+            if reason == "signal" and not epoch_done:
+                break  # last.pt was written at the step the signal was seen
+            if epoch_done or reason == "max_steps":
+                reason = self.end_epoch(epoch_done) or reason
+        self.progress.close()
+        self._tick()
+        if reason == "signal":
+            self.log(f"stopped by {self.stop.name or 'a signal on another rank'} at epoch {state.epoch} step "
+                     f"{state.step}; checkpoint written, exit {REQUEUE_EXIT_CODE} (requeue me)")
+            return RunResult(self.rdir, "STOPPED", REQUEUE_EXIT_CODE)
+        test_metrics = self.test()
+        self.finish(test_metrics)
+        return RunResult(self.rdir, "DONE", 0, test_metrics)
 
-    def save_last() -> None:
-        s = snapshot()  # collective: every rank takes part
-        if env.is_main:
-            ckpt.save_last(s)
-            writer.flush()
-        dist.barrier(env)
-
-    total_steps = steps_per_epoch * cfg.trainer.epochs
-    if cfg.trainer.max_steps:
-        total_steps = min(total_steps, cfg.trainer.max_steps)
-    log(f"run {run_id} -> {rdir}")
-    log(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
-        f"{num_classes} outputs; {len(train_ds)} train samples, {world} rank(s) x batch {batch} x accum {accum}, "
-        f"{steps_per_epoch} steps/epoch, monitor {monitor} ({mode})")
-    progress = Progress(total_steps, desc=run_id, enabled=env.is_main, every_seconds=cfg.trainer.log_every_seconds,
-                        initial=state.step, epochs=cfg.trainer.epochs)
-    last_ckpt_time = time.time()
-    stop_reason = None
-    stop_at_step = int(os.environ.get("IMGTRAIN_TEST_SIGNAL_AT_STEP", "-1"))
-    last_bad = None
-    model.train()
-
-    while state.epoch < cfg.trainer.epochs and stop_reason is None:
-        epoch = state.epoch
-        batches = train_batches(train_ds, seed=cfg.trainer.seed, epoch=epoch, buffer=cfg.data.shuffle_buffer,
-                                batch=batch, rank=env.rank, world=world, start=state.consumed)
-        usable = (batches.plan.steps // accum) * accum
-        if state.consumed == 0 and writer is not None:
-            dropped = len(train_ds) - micro_per_epoch // accum * accum * global_batch
-            writer.log("train", "dropped", float(dropped), epoch=epoch, step=state.step)
-        loader = make_loader(train_ds, batches, cfg.data.num_workers, pin_memory=env.device.type == "cuda")
-        rng = torch.get_rng_state()  # creating the loader draws a seed: keep training RNG identical on resume
+    def epoch_batches(self, epoch: int) -> tuple[Iterable[dict], int]:
+        """(batches of this rank for the rest of the epoch, how many of them to use)."""
+        cfg, env = self.cfg, self.env
+        sampler = train_batches(self.train_ds, seed=cfg.trainer.seed, epoch=epoch, buffer=cfg.data.shuffle_buffer,
+                                batch=self.batch, rank=env.rank, world=env.world, start=self.state.consumed)
+        usable = sampler.plan.steps // self.accum * self.accum
+        if self.batch_source is not None:
+            return self.batch_source(epoch, sampler.plan), usable
+        loader = make_loader(self.train_ds, sampler, cfg.data.num_workers, pin_memory=env.device.type == "cuda")
+        rng = torch.get_rng_state()  # creating a loader draws a seed: keep training RNG identical on resume
         it = iter(loader)
         torch.set_rng_state(rng)
-        window_loss, window_n, window_imgs, window_bad, window_t = 0.0, 0, 0, 0, time.time()
-        for micro, b in enumerate(it):
+        return it, usable
+
+    def train_epoch(self) -> tuple[Optional[str], bool]:
+        """Steps until the epoch ends or something stops it: (stop reason or None, epoch finished)."""
+        cfg, env, state = self.cfg, self.env, self.state
+        epoch, start = state.epoch, state.consumed
+        batches, usable = self.epoch_batches(epoch)
+        if start == 0 and self.writer is not None:
+            dropped = len(self.train_ds) - self.steps_per_epoch * self.accum * self.global_batch
+            self.writer.log("train", "dropped", float(dropped), epoch=epoch, step=state.step)
+        window = {"loss": 0.0, "n": 0, "images": 0, "bad": 0, "t": time.time()}
+        stop_at_step = int(os.environ.get("IMGTRAIN_TEST_SIGNAL_AT_STEP", "-1"))
+        last_ckpt = time.time()
+        reason = None
+        self.model.train()
+        for micro, b in enumerate(batches):
             if micro >= usable:
                 break
-            x, y = b["image"], b["target"]
-            if b["bad"]:
-                window_bad += len(b["bad"])
-                last_bad = b["bad"][-1]
-                for reason in b["bad"]:
-                    warnings.warn(f"skipped training sample {reason}")
-            if mixup is not None and len(x) % 2:
-                x, y = x[:-1], y[:-1]
-            x = x.to(env.device, non_blocking=True)
-            y = y.to(env.device, non_blocking=True)
-            if cfg.trainer.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if mixup is not None and len(x):
-                with _seeded(cfg.trainer.seed, epoch, state.consumed + micro * global_batch + env.rank):
-                    x, y = mixup(x, y)
-            last_micro = (micro + 1) % accum == 0
-            sync = contextlib.nullcontext() if (last_micro or not env.distributed) else ddp_model.no_sync()
-            with sync:
-                with autocast():
-                    if len(x):
-                        loss = task.loss(ddp_model(x), y)
-                    else:  # every sample of this batch was bad: keep ranks in step with a zero gradient
-                        loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
-                scaler.scale(loss / accum).backward()
-            window_loss += float(loss.detach())
-            window_n += 1
-            window_imgs += len(x)
+            last_micro = (micro + 1) % self.accum == 0
+            loss, n = self.forward_backward(b, epoch, start + micro * self.global_batch, sync=last_micro)
+            window["loss"] += loss
+            window["n"] += 1
+            window["images"] += n
+            window["bad"] += len(b["bad"])
             if not last_micro:
                 continue
-
-            # ---- optimizer step
-            if cfg.trainer.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.consumed = batches.plan.start + (micro + 1) * global_batch
-            if ema is not None:
-                ema.update(model, step=state.step)
-            lr = current_lr(optimizer)
-            if sched is not None:
-                sched.step_update(state.step)
-
+            lr = self.optimizer_step()
+            state.consumed = start + (micro + 1) * self.global_batch
             if state.step % cfg.trainer.log_every_steps == 0 or micro + 1 == usable:
-                mean_loss = dist.sum_scalar(env, window_loss / max(window_n, 1)) / world
-                dt = max(time.time() - window_t, 1e-9)
-                imgs = dist.sum_scalar(env, window_imgs)
-                state.images += int(imgs)
-                state.skipped += int(dist.sum_scalar(env, window_bad))
-                state.epoch_loss_sum += mean_loss * window_n
-                state.epoch_loss_n += window_n
-                if writer is not None:
-                    writer.log_many("train", {"loss": mean_loss, "lr": lr, "img_per_s": imgs / dt},
-                                    epoch=epoch, step=state.step)
-                progress.update(state.step - progress.n, epoch=epoch + 1, loss=mean_loss, lr=lr,
-                                img_per_s=imgs / dt)
-                window_loss, window_n, window_imgs, window_bad, window_t = 0.0, 0, 0, 0, time.time()
-                if state.skipped > cfg.data.max_bad_fraction * max(state.images, 1) and state.skipped > 10:
-                    raise RuntimeError(f"{state.skipped} undecodable training samples out of {state.images} exceed "
-                                       f"data.max_bad_fraction={cfg.data.max_bad_fraction}; last on this rank: {last_bad}")
-
+                self.log_window(window, lr, epoch)
             if stop_at_step == state.step:  # test hook: a real signal at a known step
                 os.kill(os.getpid(), signal.SIGUSR1)
             if cfg.trainer.max_steps and state.step >= cfg.trainer.max_steps:
-                stop_reason = "max_steps"
-            if dist.any_rank(env, bool(stop)) and stop_reason is None:
-                stop_reason = "signal"
+                reason = "max_steps"
+            if reason is None and dist.any_rank(env, bool(self.stop)):
+                reason = "signal"
             due = (cfg.trainer.ckpt_every_steps and state.step % cfg.trainer.ckpt_every_steps == 0) or \
-                (cfg.trainer.ckpt_every_minutes and time.time() - last_ckpt_time > 60 * cfg.trainer.ckpt_every_minutes)
-            if (stop_reason == "signal" or dist.any_rank(env, bool(due))) and micro + 1 < usable:
-                state.wall_s += time.time() - t_start  # a mid-epoch checkpoint; the epoch end writes its own
-                t_start = time.time()
-                save_last()
-                last_ckpt_time = time.time()
-            if stop_reason:
+                (cfg.trainer.ckpt_every_minutes and time.time() - last_ckpt > 60 * cfg.trainer.ckpt_every_minutes)
+            if (reason == "signal" or dist.any_rank(env, bool(due))) and micro + 1 < usable:
+                self.save()  # mid-epoch; the epoch end writes its own
+                last_ckpt = time.time()
+            if reason:
                 break
+        return reason, state.consumed >= start + usable * self.global_batch
 
-        epoch_done = state.consumed >= batches.plan.start + usable * global_batch
-        if stop_reason == "signal" and not epoch_done:
-            break  # last.pt was written at this step
-        if epoch_done or stop_reason == "max_steps":
-            # ---- end of epoch (or of the step budget): evaluate, early stopping, checkpoints
-            epoch_loss = state.epoch_loss_sum / max(state.epoch_loss_n, 1)
-            if writer is not None and state.epoch_loss_n:
-                writer.log_many("train", {"epoch_loss": epoch_loss, "skipped": float(state.skipped)},
-                                epoch=epoch, step=state.step)
-            metrics = {}
-            if val_ds is not None and ((epoch + 1) % cfg.trainer.eval_every_epochs == 0
-                                       or epoch + 1 == cfg.trainer.epochs or stop_reason):
-                eval_model = ema.module if ema is not None else model
-                metrics, _ = evaluate(eval_model, val_ds, task, batch=cfg.data.eval_batch_size or batch,
-                                      num_workers=cfg.data.num_workers, env=env, autocast=autocast,
-                                      channels_last=cfg.trainer.channels_last)
-                if writer is not None:
-                    writer.log_many("val", metrics, epoch=epoch, step=state.step)
-                progress.write(f"epoch {epoch + 1}/{cfg.trainer.epochs} val: " +
-                               " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k))
-            value = metrics.get(monitor.split("/", 1)[1]) if monitor.startswith("val/") else \
-                (epoch_loss if monitor == "train/epoch_loss" else None)
-            improved = False
-            if value is not None and math.isfinite(value):
-                improved = _improved(value, state.best, mode, cfg.trainer.min_delta)
-                if improved:
-                    state.best, state.best_epoch, state.bad_evals = value, epoch, 0
-                else:
-                    state.bad_evals += 1
-            if sched is not None:
-                sched.step(epoch + 1, value)
-            if epoch_done:
-                state.epoch, state.consumed, state.epoch_loss_sum, state.epoch_loss_n = epoch + 1, 0, 0.0, 0
-            state.wall_s += time.time() - t_start
-            t_start = time.time()
-            snap = snapshot()
-            if env.is_main:
-                ckpt.save_last(snap)
-                if improved:
-                    ckpt.save_best(snap)
-                if value is not None:
-                    ckpt.save_top_k(snap, epoch, value)
-                writer.flush()
-            dist.barrier(env)
-            last_ckpt_time = time.time()
-            if cfg.trainer.patience is not None and state.bad_evals >= cfg.trainer.patience:
-                log(f"early stopping: {monitor} has not improved for {state.bad_evals} evaluations "
-                    f"(best {state.best:.4f} at epoch {state.best_epoch + 1})")
-                stop_reason = "early_stop"
-            if dist.any_rank(env, bool(stop)) and stop_reason is None:
-                stop_reason = "signal"
-    progress.close()
-    state.wall_s += time.time() - t_start
+    def forward_backward(self, b: dict, epoch: int, position: int, sync: bool) -> tuple[float, int]:
+        x, y = b["image"], b["target"]
+        for why in b["bad"]:
+            self.last_bad = why
+            warnings.warn(f"skipped training sample {why}")
+        if self.mixup is not None and len(x) % 2:  # timm's mixup pairs samples
+            x, y = x[:-1], y[:-1]
+        x = x.to(self.env.device, non_blocking=True)
+        y = y.to(self.env.device, non_blocking=True)
+        if self.cfg.trainer.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.mixup is not None and len(x):
+            with _seeded(self.cfg.trainer.seed, epoch, position + self.env.rank):
+                x, y = self.mixup(x, y)
+        no_sync = not sync and self.env.distributed
+        with self.ddp_model.no_sync() if no_sync else contextlib.nullcontext():
+            with self.autocast():
+                if len(x):
+                    loss = self.task.loss(self.ddp_model(x), y)
+                else:  # every sample of this batch was bad: keep ranks in step with a zero gradient
+                    loss = sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+            self.scaler.scale(loss / self.accum).backward()
+        return float(loss.detach()), len(x)
 
-    if stop_reason == "signal":
-        log(f"stopped by {stop.name or 'a signal on another rank'} at epoch {state.epoch} step {state.step}; "
-            f"checkpoint written, exit {REQUEUE_EXIT_CODE} (requeue me)")
-        return RunResult(rdir, "STOPPED", REQUEUE_EXIT_CODE)
+    def optimizer_step(self) -> float:
+        """Clip, step, schedule, EMA. Returns the base lr the step used."""
+        if self.cfg.trainer.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.state.step)
+        lr = current_lr(self.optimizer)
+        if self.sched is not None:
+            self.sched.step_update(self.state.step)
+        return lr
 
-    # ---- test with the best weights
-    test_metrics = {}
-    if test_ds is not None:
-        best_path = rdir / "checkpoints" / "best.pt"
-        eval_model = ema.module if ema is not None else model
+    def log_window(self, window: dict, lr: float, epoch: int) -> None:
+        """Train loss (mean over ranks), lr and speed since the last log line. Collective."""
+        env, state = self.env, self.state
+        loss = dist.sum_scalar(env, window["loss"] / max(window["n"], 1)) / env.world
+        images = dist.sum_scalar(env, window["images"])
+        state.skipped += int(dist.sum_scalar(env, window["bad"]))
+        rate = images / max(time.time() - window["t"], 1e-9)
+        state.images += int(images)
+        state.epoch_loss_sum += loss * window["n"]
+        state.epoch_loss_n += window["n"]
+        if self.writer is not None:
+            self.writer.log_many("train", {"loss": loss, "lr": lr, "img_per_s": rate}, epoch=epoch, step=state.step)
+        self.progress.update(state.step - self.progress.n, epoch=epoch + 1, loss=loss, lr=lr, img_per_s=rate)
+        window.update(loss=0.0, n=0, images=0, bad=0, t=time.time())
+        limit = self.cfg.data.max_bad_fraction
+        if state.skipped > 10 and state.skipped > limit * max(state.images, 1):
+            raise RuntimeError(f"{state.skipped} undecodable training samples out of {state.images} exceed "
+                               f"data.max_bad_fraction={limit}; last on this rank: {self.last_bad}")
+
+    def eval_model(self):
+        return self.ema.module if self.ema is not None else self.model
+
+    def end_epoch(self, epoch_done: bool) -> Optional[str]:
+        """Evaluate, early stopping, checkpoints. Returns a stop reason or None."""
+        cfg, state = self.cfg, self.state
+        epoch = state.epoch
+        epoch_loss = state.epoch_loss_sum / max(state.epoch_loss_n, 1)
+        if self.writer is not None and state.epoch_loss_n:
+            self.writer.log_many("train", {"epoch_loss": epoch_loss, "skipped": float(state.skipped)},
+                                 epoch=epoch, step=state.step)
+        metrics = {}
+        last = epoch + 1 == cfg.trainer.epochs or not epoch_done
+        if self.val_ds is not None and ((epoch + 1) % cfg.trainer.eval_every_epochs == 0 or last):
+            metrics, _ = self.evaluate(self.val_ds)
+            if self.writer is not None:
+                self.writer.log_many("val", metrics, epoch=epoch, step=state.step)
+            self.progress.write(f"epoch {epoch + 1}/{cfg.trainer.epochs} val: " +
+                                " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k))
+        value = metrics.get(self.monitor.split("/", 1)[1]) if self.monitor.startswith("val/") else \
+            (epoch_loss if self.monitor == "train/epoch_loss" else None)
+        improved = False
+        if value is not None and math.isfinite(value):
+            improved = self._improved(value)
+            if improved:
+                state.best, state.best_epoch, state.bad_evals = value, epoch, 0
+            else:
+                state.bad_evals += 1
+        if self.sched is not None:
+            self.sched.step(epoch + 1, value)
+        if epoch_done:
+            state.epoch, state.consumed, state.epoch_loss_sum, state.epoch_loss_n = epoch + 1, 0, 0.0, 0
+        self.save(improved=improved, value=value, epoch=epoch)
+        if cfg.trainer.patience is not None and state.bad_evals >= cfg.trainer.patience:
+            self.log(f"early stopping: {self.monitor} has not improved for {state.bad_evals} evaluations "
+                     f"(best {state.best:.4f} at epoch {state.best_epoch + 1})")
+            return "early_stop"
+        if dist.any_rank(self.env, bool(self.stop)):
+            return "signal"
+        return None
+
+    def evaluate(self, dataset):
+        return evaluate(self.eval_model(), dataset, self.task, batch=self.cfg.data.eval_batch_size or self.batch,
+                        num_workers=self.cfg.data.num_workers, env=self.env, autocast=self.autocast,
+                        channels_last=self.cfg.trainer.channels_last)
+
+    def test(self) -> dict:
+        """Test split with the best weights; the confusion matrix etc. go to test_results.json."""
+        if self.test_ds is None:
+            return {}
+        best_path = self.rdir / "checkpoints" / "best.pt"
         if best_path.exists():
-            best_state = torch.load(best_path, map_location="cpu", weights_only=True)
-            eval_model.load_state_dict(best_state["ema"] if ema is not None else best_state["model"])
-        test_metrics, outputs = evaluate(eval_model, test_ds, task, batch=cfg.data.eval_batch_size or batch,
-                                         num_workers=cfg.data.num_workers, env=env, autocast=autocast,
-                                         channels_last=cfg.trainer.channels_last)
-        if env.is_main:
-            writer.log_many("test", test_metrics, epoch=max(state.epoch - 1, 0), step=state.step)
-            extra = task.extra_outputs(outputs["logits"], outputs["targets"], info.class_names)
-            results = {"split": cfg.data.test_split, "metrics": test_metrics, "class_names": info.class_names,
+            best = torch.load(best_path, map_location="cpu", weights_only=True)
+            self.eval_model().load_state_dict(best["ema"] if self.ema is not None else best["model"])
+        metrics, outputs = self.evaluate(self.test_ds)
+        if self.env.is_main:
+            self.writer.log_many("test", metrics, epoch=max(self.state.epoch - 1, 0), step=self.state.step)
+            extra = self.task.extra_outputs(outputs["logits"], outputs["targets"], self.info.class_names)
+            results = {"split": self.cfg.data.test_split, "metrics": metrics, "class_names": self.info.class_names,
                        "checkpoint": "best" if best_path.exists() else "last",
                        **{k: np.asarray(v).tolist() for k, v in extra.items()}}
-            atomic_write_text(rdir / "test_results.json", json.dumps(results, indent=1))
-            log("test: " + " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items() if "/" not in k))
+            atomic_write_text(self.rdir / "test_results.json", json.dumps(results, indent=1))
+            self.log("test: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k))
+        return metrics
 
-    if env.is_main:
-        writer.flush()
-        summary = {"run_id": run_id, "sweep": cfg.output.sweep, "status": "DONE", "monitor": monitor,
-                   "best": state.best, "best_epoch": state.best_epoch, "epochs": state.epoch, "steps": state.step,
-                   "wall_s": state.wall_s,
-                   "gpu_hours": state.wall_s * world / 3600 if env.device.type == "cuda" else 0.0,
-                   "img_per_s": state.images / state.wall_s if state.wall_s else 0.0,
-                   **{f"test/{k}": v for k, v in test_metrics.items() if "/" not in k}}
-        write_summary(rdir, summary, config=cfg)
-        mark_done(rdir)
-        log(f"done: {state.epoch} epochs, {state.step} steps in {state.wall_s:.1f}s; best {monitor} "
-            f"{state.best if state.best is None else round(state.best, 4)} at epoch {state.best_epoch + 1}")
-    dist.barrier(env)
-    return RunResult(rdir, "DONE", 0, test_metrics)
+    def finish(self, test_metrics: dict) -> None:
+        state, env = self.state, self.env
+        if env.is_main:
+            self.writer.flush()
+            summary = {"run_id": self.run_id, "sweep": self.cfg.output.sweep, "status": "DONE",
+                       "monitor": self.monitor, "best": state.best, "best_epoch": state.best_epoch,
+                       "epochs": state.epoch, "steps": state.step, "wall_s": state.wall_s,
+                       "gpu_hours": state.wall_s * env.world / 3600 if env.device.type == "cuda" else 0.0,
+                       "img_per_s": state.images / state.wall_s if state.wall_s else 0.0,
+                       **{f"test/{k}": v for k, v in test_metrics.items() if "/" not in k}}
+            write_summary(self.rdir, summary, config=self.cfg)
+            mark_done(self.rdir)
+            best = "n/a" if state.best is None else f"{state.best:.4f} at epoch {state.best_epoch + 1}"
+            self.log(f"done: {state.epoch} epochs, {state.step} steps in {state.wall_s:.1f}s; "
+                     f"best {self.monitor} {best}")
+        dist.barrier(env)
+
+
+def preflight(cfg: C.Config) -> list[str]:
+    """What would stop this run at start-up, found in seconds (for --dry-run and launchers)."""
+    import timm
+    problems = []
+    try:
+        info = dataset_info(cfg)
+        for key in ("train_split", "val_split", "test_split"):
+            split = getattr(cfg.data, key)
+            if split and split not in info.manifest["splits"] and key == "train_split":
+                problems.append(f"data.{key}: {info.root}/manifest.json has no split '{split}'")
+    except Exception as e:
+        problems.append(f"data.path: {e}")
+    if not (models.registry.is_local(cfg.model.name) or timm.is_model(cfg.model.name)):
+        problems.append(str(models.registry._unknown_model(cfg.model.name)))
+    if cfg.model.pretrained_path and not Path(cfg.model.pretrained_path).is_file():
+        problems.append(f"model.pretrained_path: {cfg.model.pretrained_path} is not a file (weights come only from "
+                        "a local file; nothing is downloaded)")
+    return problems
 
 
 def main(argv=None) -> int:
@@ -455,7 +546,9 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config (may `extends:` another)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, YAML-typed (optim.lr=3e-4)")
-    p.add_argument("--dry-run", action="store_true", help="validate, print the resolved config and run id, and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate (keys, types, data set, model name, weights file), print the resolved config "
+                        "and run id, and exit")
     args = p.parse_args(argv)
     try:
         cfg = C.load(args.config, args.overrides)
@@ -463,8 +556,12 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
+        problems = preflight(cfg)
+        if problems:
+            print("config check failed:\n  " + "\n  ".join(problems), file=sys.stderr)
+            return 2
         print(C.to_yaml(cfg), end="")
         print(f"# run id: {run_id_for(cfg)}  config hash: {C.config_hash(cfg)}  "
-              f"run dir: {resolve_root(cfg.output.root) / 'runs' / run_id_for(cfg)}")
+              f"run dir: {run_dir_for(cfg)}")
         return 0
     return train(cfg).exit_code
