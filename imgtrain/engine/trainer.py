@@ -214,7 +214,8 @@ class Trainer:
         if metric == "auto":
             metric = self.task.monitor_default[0] if self.val_ds is not None else "train/epoch_loss"
         if mode == "auto":
-            mode = self.task.mode(metric.split("/", 1)[-1])
+            name = metric.split("/", 1)[-1]
+            mode = "min" if name.endswith("loss") else self.task.mode(name)
         return metric, mode
 
     def _improved(self, value: float) -> bool:
