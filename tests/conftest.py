@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# the real SLURM test clusters (one node with accounting, two nodes in network namespaces), started once
+pytest_plugins = ["tests.cluster.fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 

@@ -214,8 +214,7 @@ class Trainer:
         if metric == "auto":
             metric = self.task.monitor_default[0] if self.val_ds is not None else "train/epoch_loss"
         if mode == "auto":
-            name = metric.split("/", 1)[-1]
-            mode = "min" if name.endswith("loss") else self.task.mode(name)
+            mode = self.task.mode(metric.split("/", 1)[-1])
         return metric, mode
 
     def _improved(self, value: float) -> bool:
@@ -514,7 +513,6 @@ class Trainer:
 
 def preflight(cfg: C.Config) -> list[str]:
     """What would stop this run at start-up, found in seconds (for --dry-run and launchers)."""
-    import timm
     problems = []
     try:
         info = dataset_info(cfg)
@@ -524,8 +522,10 @@ def preflight(cfg: C.Config) -> list[str]:
                 problems.append(f"data.{key}: {info.root}/manifest.json has no split '{split}'")
     except Exception as e:
         problems.append(f"data.path: {e}")
-    if not (models.registry.is_local(cfg.model.name) or timm.is_model(cfg.model.name)):
-        problems.append(str(models.registry._unknown_model(cfg.model.name)))
+    try:
+        models.registry.check_name(cfg.model.name)
+    except C.ConfigError as e:
+        problems.append(str(e))
     if cfg.model.pretrained_path and not Path(cfg.model.pretrained_path).is_file():
         problems.append(f"model.pretrained_path: {cfg.model.pretrained_path} is not a file (weights come only from "
                         "a local file; nothing is downloaded)")

@@ -1,0 +1,160 @@
+"""Transfer learning on a built model: re-initialise, freeze, and optimizer parameter groups.
+
+Blocks for `unfreeze_last` are timm's coarse `group_matcher` groups, which every timm model and our
+local nets define: the stem, then stages (CNNs) or transformer blocks (ViT, with the final norm), then
+unmatched layers before the classifier (e.g. VGG's pre-logits MLP) as the last group. A model without a
+`group_matcher` falls back to the children of its first `blocks`/`stages`/`layers`/`features`
+Sequential or ModuleList (shallowest first). Layer decay numbers layers with the fine group_matcher,
+as timm does. Frozen BatchNorm layers use their stored statistics; dropout in frozen parts stays active.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+
+import torch.nn as nn
+from timm.models import group_parameters
+
+from imgtrain.config import ConfigError, ModelConfig, OptimConfig
+
+from .pretrained import classifier_names
+
+log = logging.getLogger(__name__)
+
+_BLOCK_CONTAINERS = ("blocks", "stages", "layers", "features")
+
+
+def apply_transfer(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """Apply `model.reinit`, then `model.freeze_backbone`/`unfreeze_last`. Call after load_pretrained."""
+    if cfg.reinit:
+        reinit(model, cfg.reinit)
+    if cfg.freeze_backbone:
+        freeze_backbone(model, cfg.unfreeze_last)
+    elif cfg.unfreeze_last:
+        raise ConfigError("model.unfreeze_last only applies with model.freeze_backbone=true")
+    return model
+
+
+def reinit(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Reset the parameters of modules whose name matches a pattern (fnmatch) with their own
+    `reset_parameters` (PyTorch's default init). Returns the matched module names."""
+    named = [(n, m) for n, m in model.named_modules() if n]
+    matched = []
+    for pat in patterns:
+        hits = [n for n, _ in named if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            top = ", ".join(n for n, _ in model.named_children())
+            raise ConfigError(f"model.reinit: '{pat}' matches no module (top-level modules: {top})")
+        matched += [n for n in hits if n not in matched]
+    # only the outermost matches; their submodules are reset with them
+    outer = [n for n in matched if not any(n.startswith(o + ".") for o in matched)]
+    untouched = 0
+    for name in outer:
+        module = model.get_submodule(name)
+        covered = set()
+        for sub in module.modules():
+            if hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
+                covered.update(id(p) for p in sub.parameters())
+        untouched += sum(1 for p in module.parameters() if id(p) not in covered)
+    if untouched:
+        log.warning("model.reinit: %d parameter tensors have no reset_parameters and keep their values", untouched)
+    log.info("re-initialised %s", ", ".join(outer))
+    return outer
+
+
+def _is_head(name: str, heads: list[str]) -> bool:
+    return any(name.startswith(h + ".") for h in heads)
+
+
+def block_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names per block, first to last, classifier excluded (see the module docstring)."""
+    heads = classifier_names(model)
+    if hasattr(model, "group_matcher"):
+        groups = group_parameters(model, model.group_matcher(coarse=True))
+        ordered = [[n for n in groups[k] if not _is_head(n, heads)] for k in sorted(groups)]
+        return [g for g in ordered if g]
+    for name, module in sorted(model.named_modules(), key=lambda nm: nm[0].count(".")):
+        if name.rsplit(".", 1)[-1] in _BLOCK_CONTAINERS and isinstance(module, (nn.Sequential, nn.ModuleList)):
+            out = [[f"{name}.{c}.{p}" for p, _ in child.named_parameters()] for c, child in module.named_children()]
+            return [g for g in out if g]
+    raise ConfigError(f"{type(model).__name__} has no group_matcher nor a blocks/stages/layers/features sequence; "
+                      "model.unfreeze_last cannot find its blocks")
+
+
+def _eval_mode_hook(module: nn.Module, args) -> None:
+    # A frozen BatchNorm normalises with its stored statistics and never updates them, even in train().
+    module.training = False
+
+
+def freeze_backbone(model: nn.Module, unfreeze_last: int = 0) -> list[str]:
+    """Only the classifier (and the last `unfreeze_last` blocks) keeps requires_grad; BatchNorm layers
+    whose parameters are all frozen run in eval mode. Returns the trainable parameter names."""
+    if not hasattr(model, "get_classifier"):
+        raise ConfigError(f"{type(model).__name__} has no get_classifier(); model.freeze_backbone needs one")
+    heads = classifier_names(model)
+    trainable = {n for n, _ in model.named_parameters() if _is_head(n, heads)}
+    if unfreeze_last > 0:
+        for group in block_groups(model)[-unfreeze_last:]:
+            trainable.update(group)
+    for n, p in model.named_parameters():
+        p.requires_grad = n in trainable
+    for m in model.modules():
+        params = list(m.parameters(recurse=False))
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+            m.register_forward_pre_hook(_eval_mode_hook)
+    if not trainable:
+        raise ConfigError("model.freeze_backbone left nothing to train (the model has no classifier parameters)")
+    log.info("freeze_backbone: %d of %d parameter tensors train", len(trainable), len(list(model.parameters())))
+    return sorted(trainable)
+
+
+def _layer_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
+    """timm's layer-wise decay: the lr of layer i (of n, from timm's fine group_matcher) is scaled by
+    layer_decay ** (n - 1 - i); the classifier and other unmatched layers keep scale 1."""
+    if not hasattr(model, "group_matcher"):
+        raise ConfigError(f"model.layer_decay: {type(model).__name__} has no group_matcher to number its layers")
+    layer_of = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    last = max(layer_of.values())
+    return {n: layer_decay ** (last - i) for n, i in layer_of.items()}
+
+
+def param_groups(model: nn.Module, optim_cfg: OptimConfig, model_cfg: ModelConfig) -> list[dict]:
+    """Optimizer parameter groups over the trainable parameters.
+
+    - weight decay: 0 for 1-D tensors (norms, biases) and the model's `no_weight_decay()` names (ViT
+      position embedding, class token), unless `optim.decay_norm_and_bias` (then everything decays);
+    - lr_scale = layer-decay scale (`model.layer_decay`) x the first matching `model.lr_groups`
+      multiplier (fnmatch on parameter names; unmatched: 1).
+    Each group: params, param_names, weight_decay, lr_scale, name. The engine multiplies lr by lr_scale.
+    """
+    all_names = [n for n, _ in model.named_parameters()]
+    patterns = list(model_cfg.lr_groups.items())
+    for pat, _ in patterns:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in all_names):
+            raise ConfigError(f"model.lr_groups: '{pat}' matches no parameter (e.g. {', '.join(all_names[:3])}, ...)")
+    scales = _layer_scales(model, model_cfg.layer_decay) if model_cfg.layer_decay is not None else {}
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+
+    groups: dict[tuple, dict] = {}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = not optim_cfg.decay_norm_and_bias and (
+            p.ndim <= 1 or n in skip or any(n.startswith(s + ".") for s in skip))
+        pat = next((pat for pat, _ in patterns if fnmatch.fnmatchcase(n, pat)), None)
+        layer_scale = scales.get(n, 1.0)
+        key = (layer_scale, pat, no_decay)
+        if key not in groups:
+            parts = ([f"ld{layer_scale:.6g}"] if scales else []) + ([pat] if pat else [])
+            groups[key] = dict(
+                name="/".join(parts + ["no_decay" if no_decay else "decay"]),
+                params=[], param_names=[],
+                weight_decay=0.0 if no_decay else optim_cfg.weight_decay,
+                lr_scale=layer_scale * (model_cfg.lr_groups[pat] if pat else 1.0),
+            )
+        groups[key]["params"].append(p)
+        groups[key]["param_names"].append(n)
+    if not groups:
+        raise ConfigError("no trainable parameters (everything is frozen)")
+    return list(groups.values())

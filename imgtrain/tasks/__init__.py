@@ -1,0 +1,66 @@
+"""Tasks: what the model's outputs mean — the loss, per-sample targets, and split metrics.
+
+    task = build(cfg.task, num_outputs, class_counts)
+    loss = task.loss(logits, target)                    # differentiable scalar
+    target = task.target_from_sample(cls, meta)         # one sample's target tensor
+    values = task.metrics(logits_np, targets_np)        # {metric: float} over a whole split
+    extra = task.extra_outputs(logits_np, targets_np, class_names)   # arrays saved with test results
+    task.monitor_default                                # ("val/acc1", "max") | ("val/emd", "min")
+    task.mode("val/loss")                               # "max" | "min"
+"""
+from __future__ import annotations
+
+from typing import Optional, Protocol
+
+import numpy as np
+import torch
+
+from imgtrain.config import ConfigError, TaskConfig
+
+from .base import metric_mode
+from .classification import ClassificationTask, balanced_class_weights
+from .score_distribution import ScoreDistributionTask, emd_numpy, emd_torch
+
+
+class Task(Protocol):
+    name: str
+    num_outputs: int
+    monitor_default: tuple[str, str]
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+    def target_from_sample(self, cls: Optional[int], meta: dict) -> torch.Tensor: ...
+    def metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, float]: ...
+    def mode(self, metric_name: str) -> str: ...
+    def extra_outputs(self, logits: np.ndarray, targets: np.ndarray,
+                      class_names: Optional[list[str]] = None) -> dict: ...
+
+
+def build(task_cfg: TaskConfig, num_outputs: int, class_counts: Optional[list[int]] = None) -> Task:
+    """The task for `task_cfg`; `class_counts` (training split, index order) feeds balanced class weights."""
+    if task_cfg.name == "classification":
+        if task_cfg.loss != "ce":
+            raise ConfigError(f"task.loss: '{task_cfg.loss}' does not apply to classification; use ce")
+        weights = None
+        if task_cfg.class_weights == "balanced":
+            if class_counts is None:
+                raise ConfigError("task.class_weights=balanced needs the training split's class counts")
+            if len(class_counts) != num_outputs:
+                raise ConfigError(f"task.class_weights: {len(class_counts)} class counts for {num_outputs} outputs")
+            weights = balanced_class_weights(class_counts)
+        elif task_cfg.class_weights is not None:
+            raise ConfigError(f"task.class_weights: unknown '{task_cfg.class_weights}' (None or balanced)")
+        return ClassificationTask(num_outputs, task_cfg.label_smoothing, weights)
+    if task_cfg.name == "score_distribution":
+        if task_cfg.loss not in ("emd", "mse"):
+            raise ConfigError(f"task.loss: '{task_cfg.loss}' does not apply to score_distribution; "
+                              "set task.loss=emd (NIMA) or mse")
+        if task_cfg.label_smoothing or task_cfg.class_weights:
+            raise ConfigError("task.label_smoothing and task.class_weights apply to classification only")
+        if task_cfg.emd_r < 1:
+            raise ConfigError(f"task.emd_r must be >= 1, got {task_cfg.emd_r}")
+        return ScoreDistributionTask(num_outputs, task_cfg.loss, task_cfg.emd_r)
+    raise ConfigError(f"task.name: unknown task '{task_cfg.name}' (classification or score_distribution)")
+
+
+__all__ = ["build", "Task", "metric_mode", "ClassificationTask", "ScoreDistributionTask",
+           "balanced_class_weights", "emd_torch", "emd_numpy"]

@@ -1,0 +1,90 @@
+"""Classification: cross-entropy (label smoothing, class weights, soft mixup targets) and split metrics."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from .base import check_2d, log_softmax, metric_mode
+
+
+def balanced_class_weights(class_counts: list[int]) -> torch.Tensor:
+    """n / (C * count_c), as scikit-learn's 'balanced'; a class without samples gets weight 0."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    weights = counts.sum() / (len(counts) * counts)
+    return torch.where(counts > 0, weights, torch.zeros_like(weights)).float()
+
+
+def _hard_labels(targets: np.ndarray) -> np.ndarray:
+    targets = np.asarray(targets)
+    return targets.argmax(axis=1) if targets.ndim == 2 else targets.astype(np.int64)
+
+
+@dataclass(eq=False)
+class ClassificationTask:
+    num_outputs: int
+    label_smoothing: float = 0.0
+    class_weights: Optional[torch.Tensor] = None  # [C], applied to hard and soft targets alike
+
+    name: ClassVar[str] = "classification"
+    monitor_default: ClassVar[tuple[str, str]] = ("val/acc1", "max")
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on int64 [B] labels or soft [B, C] targets (mixup/cutmix).
+
+        Label smoothing applies to hard labels only: soft targets come from timm's Mixup, which
+        smooths them itself (built with the same task.label_smoothing). With class weights, torch
+        averages hard targets by the summed weight of the batch's labels, soft ones by the batch size.
+        """
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        if target.is_floating_point():
+            return F.cross_entropy(logits.float(), target.float(), weight=weight)
+        return F.cross_entropy(logits.float(), target.long(), weight=weight, label_smoothing=self.label_smoothing)
+
+    def target_from_sample(self, cls: Optional[int], meta: dict) -> torch.Tensor:
+        if cls is None:
+            cls = (meta or {}).get("cls", (meta or {}).get("label"))
+        if cls is None:
+            raise ValueError(f"classification sample without a class (no cls member; json keys: {sorted(meta or {})})")
+        cls = int(cls)
+        if not 0 <= cls < self.num_outputs:
+            raise ValueError(f"class index {cls} outside the model's {self.num_outputs} outputs")
+        return torch.tensor(cls, dtype=torch.long)
+
+    def metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """loss (unsmoothed, unweighted CE), acc1, acc5 (top-min(5, C)), acc_class/<i> (NaN for a class
+        absent from the split), and macro precision/recall/f1 over the classes present in labels or
+        predictions (scikit-learn's default, zero_division=0)."""
+        y = _hard_labels(targets)
+        logits = check_2d(logits, len(y))
+        n, c = logits.shape
+        loss = -log_softmax(logits)[np.arange(n), y].mean()
+        pred = logits.argmax(axis=1)
+        k = min(5, c)
+        topk = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k < c else np.tile(np.arange(c), (n, 1))
+        out = {"loss": float(loss), "acc1": float((pred == y).mean()),
+               "acc5": float((topk == y[:, None]).any(axis=1).mean())}
+        for i in range(c):
+            mask = y == i
+            out[f"acc_class/{i}"] = float((pred[mask] == i).mean()) if mask.any() else float("nan")
+        p, r, f, _ = precision_recall_fscore_support(y, pred, average="macro", zero_division=0)
+        out.update(precision=float(p), recall=float(r), f1=float(f))
+        return out
+
+    def mode(self, metric_name: str) -> str:
+        return metric_mode(metric_name)
+
+    def extra_outputs(self, logits: np.ndarray, targets: np.ndarray,
+                      class_names: Optional[list[str]] = None) -> dict:
+        """confusion_matrix [C, C]: rows are true classes, columns predictions."""
+        y = _hard_labels(targets)
+        logits = check_2d(logits, len(y))
+        cm = confusion_matrix(y, logits.argmax(axis=1), labels=np.arange(logits.shape[1]))
+        out = {"confusion_matrix": cm}
+        if class_names is not None:
+            out["class_names"] = list(class_names)
+        return out
