@@ -30,12 +30,29 @@ def atomic_save(obj, path: Path) -> None:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-    if os.environ.get("IMGTRAIN_TEST_PAUSE_IN_SAVE"):  # test hook: lets a test kill -9 mid-save
-        Path(os.environ["IMGTRAIN_TEST_PAUSE_IN_SAVE"]).write_text(str(tmp))
-        import time
-        time.sleep(60)
+    _test_pause(tmp)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+_saves = 0
+
+
+def _test_pause(tmp: Path) -> None:
+    """Test hook: at save number $IMGTRAIN_TEST_PAUSE_AT_SAVE (default 1), write the temp file's name to
+    $IMGTRAIN_TEST_PAUSE_IN_SAVE and wait until a test deletes that file (or kills us mid-save)."""
+    global _saves
+    flag = os.environ.get("IMGTRAIN_TEST_PAUSE_IN_SAVE")
+    if not flag:
+        return
+    _saves += 1
+    if _saves != int(os.environ.get("IMGTRAIN_TEST_PAUSE_AT_SAVE", "1")):
+        return
+    import time
+    Path(flag).write_text(str(tmp))
+    deadline = time.time() + 120
+    while Path(flag).exists() and time.time() < deadline:
+        time.sleep(0.05)
 
 
 def rng_state() -> dict:

@@ -335,7 +335,10 @@ class Trainer:
             dropped = len(self.train_ds) - self.steps_per_epoch * self.accum * self.global_batch
             self.writer.log("train", "dropped", float(dropped), epoch=epoch, step=state.step)
         window = {"loss": 0.0, "n": 0, "images": 0, "bad": 0, "t": time.time()}
+        # test hooks: a real signal at a known optimizer step, or at a micro-batch inside accumulation
         stop_at_step = int(os.environ.get("IMGTRAIN_TEST_SIGNAL_AT_STEP", "-1"))
+        stop_at_micro = int(os.environ.get("IMGTRAIN_TEST_SIGNAL_AT_MICRO", "-1"))
+        trace = os.environ.get("IMGTRAIN_TEST_TRACE_SAMPLES")
         last_ckpt = time.time()
         reason = None
         self.model.train()
@@ -343,6 +346,11 @@ class Trainer:
             if micro >= usable:
                 break
             last_micro = (micro + 1) % self.accum == 0
+            if trace:  # which samples this rank trained on, for the fault-tolerance tests
+                with open(f"{trace}.rank{env.rank}", "a") as f:
+                    f.write(f"{epoch} {' '.join(map(str, b['index'].tolist()))}\n")
+            if stop_at_micro == state.step * self.accum + micro % self.accum and env.rank == 0:
+                os.kill(os.getpid(), signal.SIGUSR1)
             loss, n = self.forward_backward(b, epoch, start + micro * self.global_batch, sync=last_micro)
             window["loss"] += loss
             window["n"] += 1
@@ -354,7 +362,7 @@ class Trainer:
             state.consumed = start + (micro + 1) * self.global_batch
             if state.step % cfg.trainer.log_every_steps == 0 or micro + 1 == usable:
                 self.log_window(window, lr, epoch)
-            if stop_at_step == state.step:  # test hook: a real signal at a known step
+            if stop_at_step == state.step and env.rank == 0:
                 os.kill(os.getpid(), signal.SIGUSR1)
             if cfg.trainer.max_steps and state.step >= cfg.trainer.max_steps:
                 reason = "max_steps"
