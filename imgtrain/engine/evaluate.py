@@ -6,15 +6,19 @@ import contextlib
 import numpy as np
 import torch
 
-from imgtrain.data import EvalBatches, make_loader
+from imgtrain.data import EvalBatches, eval_positions, make_loader
 from imgtrain.engine import dist
 from imgtrain.engine.dist import DistEnv
 
 
 @torch.no_grad()
 def predict(model, dataset, *, batch: int, num_workers: int, env: DistEnv, autocast=contextlib.nullcontext,
-            channels_last: bool = False):
-    """(logits [N, C] float32, targets, sample indices, bad-sample reasons), gathered in index order."""
+            channels_last: bool = False, input_dtype=None, lockstep: bool = False):
+    """(logits [N, C] float32, targets, sample indices, bad-sample reasons), gathered in index order.
+
+    `lockstep`: every rank runs the same number of forward passes (ZeRO-3 gathers parameters with
+    collectives inside forward), repeating its last batch where it has fewer and discarding the result.
+    """
     was_training = model.training
     model.eval()
     loader = make_loader(dataset, EvalBatches(len(dataset), env.rank, env.world, batch), num_workers,
@@ -23,18 +27,29 @@ def predict(model, dataset, *, batch: int, num_workers: int, env: DistEnv, autoc
     state = torch.get_rng_state()  # creating a loader draws a seed: keep the training RNG untouched
     it = iter(loader)
     torch.set_rng_state(state)
+    rounds = max(-(-len(eval_positions(len(dataset), r, env.world)) // batch) for r in range(env.world)) \
+        if lockstep else 0
+    x = None
     for b in it:
+        rounds -= 1
         bad += b["bad"]
         if len(b["index"]) == 0:
             continue
         x = b["image"].to(env.device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if input_dtype is not None:
+            x = x.to(input_dtype)
         with autocast():
             out = model(x)
         logits.append(out.float().cpu())
         targets.append(b["target"])
         indices.append(b["index"])
+    for _ in range(rounds):  # lockstep: keep the other ranks' collectives company
+        if x is None:
+            raise RuntimeError(f"rank {env.rank} has no readable sample of split '{dataset.split}' to run in lockstep")
+        with autocast():
+            model(x)
     model.train(was_training)
     local = (torch.cat(logits) if logits else None, torch.cat(targets) if targets else None,
              torch.cat(indices) if indices else None, bad)

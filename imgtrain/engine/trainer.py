@@ -151,8 +151,7 @@ class Trainer:
         self.info = info = dataset_info(cfg)
         self.task = tasks.build(cfg.task, info.num_outputs, info.class_counts)
         self.num_classes = cfg.model.num_classes or info.num_outputs
-        model = models.create_model(cfg.model, num_classes=self.num_classes, in_chans=cfg.data.in_chans,
-                                    img_size=cfg.data.img_size)
+        model = self.new_model()
         pretrained = cfg.model.pretrained_path is not None
         if pretrained:
             models.load_pretrained(model, cfg.model.pretrained_path, self.num_classes)
@@ -191,10 +190,20 @@ class Trainer:
             from timm.utils import ModelEmaV3
             self.ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay)
         self.autocast = _autocast(cfg, env.device)
-        self.ddp_model = DDP(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None) \
-            if env.distributed else model
+        self.ds = None  # the DeepSpeed strategy, when dist.strategy=deepspeed
+        if cfg.dist.strategy == "deepspeed":
+            from imgtrain.engine.deepspeed_strategy import DeepSpeedStrategy
+            self.ds = DeepSpeedStrategy(cfg, model, self.optimizer, env, self.rdir / "checkpoints")
+            self.ddp_model = self.ds.engine
+            self.autocast = contextlib.nullcontext  # DeepSpeed holds the weights in bf16/fp16 itself
+        elif env.distributed:
+            self.ddp_model = DDP(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+        else:
+            self.ddp_model = model
         if cfg.trainer.compile:
             self.ddp_model = torch.compile(self.ddp_model)
+        self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision) \
+            if self.ds is not None else None
 
         # bookkeeping
         self.ckpt = Checkpointer(self.rdir / "checkpoints", cfg.trainer.keep_top_k, self.mode)
@@ -204,6 +213,10 @@ class Trainer:
         self.last_bad: Optional[str] = None
 
     # ------------------------------------------------------------------------------------ helpers
+
+    def new_model(self) -> torch.nn.Module:
+        return models.create_model(self.cfg.model, num_classes=self.num_classes, in_chans=self.cfg.data.in_chans,
+                                   img_size=self.cfg.data.img_size)
 
     def log(self, msg: str) -> None:
         if self.env.is_main:
@@ -236,18 +249,27 @@ class Trainer:
     # ------------------------------------------------------------------------------------ checkpoints
 
     def snapshot(self) -> dict:
-        """DESIGN §4. Collective: every rank contributes its RNG state."""
+        """DESIGN §4. Collective: every rank contributes its RNG state. Under DeepSpeed the model and
+        optimizer are saved by the DeepSpeed engine and this is its client state."""
         rngs = dist.gather_objects(self.env, rng_state())
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": scheduler_state(self.sched), "scaler": self.scaler.state_dict(),
-                "ema": self.ema.module.state_dict() if self.ema is not None else None,
-                "state": asdict(self.state), "rng": rngs, "config_hash": self.chash,
-                "world_size": self.env.world, "run_id": self.run_id, "attempt": self.attempt,
-                "model_name": self.cfg.model.name}
+        snap = {"scheduler": scheduler_state(self.sched), "state": asdict(self.state), "rng": rngs,
+                "config_hash": self.chash, "world_size": self.env.world, "run_id": self.run_id,
+                "attempt": self.attempt, "model_name": self.cfg.model.name, "zero_stage": self.cfg.dist.zero_stage}
+        if self.ds is None:
+            snap.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                        scaler=self.scaler.state_dict(),
+                        ema=self.ema.module.state_dict() if self.ema is not None else None)
+        return snap
 
     def save(self, *, improved: bool = False, value: Optional[float] = None, epoch: Optional[int] = None) -> None:
         self._tick()
         snap = self.snapshot()
+        if self.ds is not None:
+            self.ds.save(snap, self.state.step, best=improved)
+            if self.env.is_main:
+                self.writer.flush()
+            dist.barrier(self.env)
+            return
         if self.env.is_main:
             self.ckpt.save_last(snap)
             if improved:
@@ -258,13 +280,20 @@ class Trainer:
         dist.barrier(self.env)
 
     def resume(self) -> None:
-        resumed = self.ckpt.load_resume(self.chash, lambda s: self.model.load_state_dict(s["model"], strict=True))
+        if self.ds is not None:
+            resumed = self.ds.load_resume(self.chash)  # model and optimizer are restored by DeepSpeed
+        else:
+            resumed = self.ckpt.load_resume(self.chash,
+                                            lambda s: self.model.load_state_dict(s["model"], strict=True))
         if resumed is None:
             if self.sched is not None:
                 self.sched.step_update(0)
             return
-        self.optimizer.load_state_dict(resumed["optimizer"])  # also restores each group's lr
+        if self.ds is None:
+            self.optimizer.load_state_dict(resumed["optimizer"])  # also restores each group's lr
         load_scheduler_state(self.sched, resumed.get("scheduler", {}))
+        if self.ds is not None and self.sched is not None:
+            self.sched.step_update(resumed["state"]["step"])  # DeepSpeed's optimizer state has no lr
         if resumed.get("scaler"):
             self.scaler.load_state_dict(resumed["scaler"])
         if self.ema is not None and resumed.get("ema") is not None:
@@ -391,6 +420,14 @@ class Trainer:
         if self.mixup is not None and len(x):
             with _seeded(self.cfg.trainer.seed, epoch, position + self.env.rank):
                 x, y = self.mixup(x, y)
+        if self.ds is not None:
+            if self.input_dtype is not None:
+                x = x.to(self.input_dtype)
+            out = self.ddp_model(x) if len(x) else None
+            loss = self.task.loss(out, y) if out is not None else \
+                sum(p.sum() * 0.0 for p in self.ddp_model.parameters() if p.requires_grad)
+            self.ds.backward_step(loss)  # accumulation boundary, clipping and the step are DeepSpeed's
+            return float(loss.detach()), len(x)
         no_sync = not sync and self.env.distributed
         with self.ddp_model.no_sync() if no_sync else contextlib.nullcontext():
             with self.autocast():
@@ -403,6 +440,12 @@ class Trainer:
 
     def optimizer_step(self) -> float:
         """Clip, step, schedule, EMA. Returns the base lr the step used."""
+        if self.ds is not None:  # DeepSpeed stepped already; only the bookkeeping is ours
+            self.state.step += 1
+            lr = current_lr(self.optimizer)
+            if self.sched is not None:
+                self.sched.step_update(self.state.step)
+            return lr
         if self.cfg.trainer.clip_grad:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.clip_grad)
@@ -437,6 +480,8 @@ class Trainer:
                                f"data.max_bad_fraction={limit}; last on this rank: {self.last_bad}")
 
     def eval_model(self):
+        if self.ds is not None:
+            return self.ds.engine.module
         return self.ema.module if self.ema is not None else self.model
 
     def end_epoch(self, epoch_done: bool) -> Optional[str]:
@@ -477,20 +522,27 @@ class Trainer:
             return "signal"
         return None
 
-    def evaluate(self, dataset):
-        return evaluate(self.eval_model(), dataset, self.task, batch=self.cfg.data.eval_batch_size or self.batch,
-                        num_workers=self.cfg.data.num_workers, env=self.env, autocast=self.autocast,
-                        channels_last=self.cfg.trainer.channels_last)
+    def evaluate(self, dataset, model=None):
+        return evaluate(model if model is not None else self.eval_model(), dataset, self.task,
+                        batch=self.cfg.data.eval_batch_size or self.batch, num_workers=self.cfg.data.num_workers,
+                        env=self.env, autocast=self.autocast, channels_last=self.cfg.trainer.channels_last,
+                        input_dtype=None if model is not None else self.input_dtype,
+                        lockstep=model is None and self.ds is not None and self.cfg.dist.zero_stage == 3)
 
     def test(self) -> dict:
         """Test split with the best weights; the confusion matrix etc. go to test_results.json."""
         if self.test_ds is None:
             return {}
         best_path = self.rdir / "checkpoints" / "best.pt"
-        if best_path.exists():
+        model = None
+        if self.ds is not None:  # consolidated fp32 weights of the best tag in a plain model
+            model = self.new_model().to(self.env.device)
+            model.load_state_dict(self.ds.best_state_dict())
+            best_path = self.ds.dir / (self.ds._pointer("best") or "")
+        elif best_path.exists():
             best = torch.load(best_path, map_location="cpu", weights_only=True)
             self.eval_model().load_state_dict(best["ema"] if self.ema is not None else best["model"])
-        metrics, outputs = self.evaluate(self.test_ds)
+        metrics, outputs = self.evaluate(self.test_ds, model)
         if self.env.is_main:
             self.writer.log_many("test", metrics, epoch=max(self.state.epoch - 1, 0), step=self.state.step)
             extra = self.task.extra_outputs(outputs["logits"], outputs["targets"], self.info.class_names)
@@ -534,6 +586,12 @@ def preflight(cfg: C.Config) -> list[str]:
         models.registry.check_name(cfg.model.name)
     except C.ConfigError as e:
         problems.append(str(e))
+    if cfg.dist.strategy == "deepspeed":
+        from imgtrain.engine.deepspeed_strategy import ds_config
+        try:
+            ds_config(cfg, world=1)
+        except C.ConfigError as e:
+            problems.append(str(e))
     if cfg.model.pretrained_path and not Path(cfg.model.pretrained_path).is_file():
         problems.append(f"model.pretrained_path: {cfg.model.pretrained_path} is not a file (weights come only from "
                         "a local file; nothing is downloaded)")

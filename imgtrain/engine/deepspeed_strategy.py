@@ -1,0 +1,244 @@
+"""DeepSpeed underneath the same engine: config mapping, initialize, complete-only checkpoints, export.
+
+The trainer keeps its data pipeline, optimizer, scheduler, logs and resume guarantees; DeepSpeed gets
+the model and our torch optimizer and does ZeRO partitioning, mixed precision, accumulation and
+clipping. A checkpoint is written under a temporary tag and counts only once every rank has finished
+and the tag has been renamed and recorded in `checkpoints/deepspeed/last`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from imgtrain.config import Config, ConfigError
+from imgtrain.engine.checkpoint import _test_pause
+from imgtrain.logs.atomic import atomic_write_text
+
+# DeepSpeed config keys that imgtrain sets from its own config, and where the user sets them instead.
+OWNED = {
+    "train_micro_batch_size_per_gpu": "data.batch_size",
+    "gradient_accumulation_steps": "trainer.grad_accum",
+    "train_batch_size": "data.batch_size x world size x trainer.grad_accum",
+    "gradient_clipping": "trainer.clip_grad",
+    "bf16.enabled": "trainer.precision",
+    "fp16.enabled": "trainer.precision",
+    "zero_optimization.stage": "dist.zero_stage",
+    "zero_optimization.offload_optimizer": "dist.offload_optimizer",
+    "zero_optimization.offload_param": "dist.offload_params",
+    "optimizer": "optim.* (imgtrain passes its own torch optimizer)",
+    "scheduler": "sched.* (imgtrain steps its own schedule)",
+}
+
+
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key not in OWNED:
+            out.update(_leaves(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _set(d: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[last] = value
+
+
+def ds_config(cfg: Config, world: int) -> dict:
+    """DeepSpeed's config from ours plus `dist.deepspeed` pass-through keys. A pass-through key that
+    imgtrain sets itself is an error naming both keys (before anything is launched)."""
+    offload = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    ours = {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.trainer.grad_accum,
+        "train_batch_size": cfg.data.batch_size * world * cfg.trainer.grad_accum,
+        "gradient_clipping": float(cfg.trainer.clip_grad or 0.0),
+        "bf16": {"enabled": cfg.trainer.precision == "bf16"},
+        "fp16": {"enabled": cfg.trainer.precision == "fp16"},
+        "zero_optimization": {"stage": cfg.dist.zero_stage},
+        "zero_allow_untested_optimizer": True,  # our torch optimizers are fine under ZeRO
+        "zero_force_ds_cpu_optimizer": False,  # offload with a torch optimizer, no cpu_adam build
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.dist.offload_optimizer:
+        ours["zero_optimization"]["offload_optimizer"] = offload
+    if cfg.dist.offload_params:
+        if cfg.dist.zero_stage != 3:
+            raise ConfigError(f"dist.offload_params needs dist.zero_stage=3 (it is {cfg.dist.zero_stage})")
+        ours["zero_optimization"]["offload_param"] = offload
+    if cfg.trainer.ema_decay:
+        raise ConfigError("trainer.ema_decay is not supported with dist.strategy=deepspeed")
+    if cfg.trainer.compile:
+        raise ConfigError("trainer.compile is not supported with dist.strategy=deepspeed (use DeepSpeed's "
+                          "compile section through dist.deepspeed if you need it)")
+    mine = _leaves(ours)
+    for key, value in _leaves(cfg.dist.deepspeed).items():
+        owner = next((k for k in OWNED if key == k or key.startswith(k + ".")), None)
+        if owner is not None and mine.get(key, object()) != value:
+            raise ConfigError(f"dist.deepspeed.{key}={value!r} conflicts with {OWNED[owner]}, which imgtrain maps "
+                              f"to DeepSpeed's {owner}; set {OWNED[owner].split(' ')[0]} instead")
+        _set(ours, key, value)
+    return ours
+
+
+def _import_deepspeed():
+    """Import DeepSpeed so that nothing is compiled at run time on CPU machines."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import deepspeed.comm.torch  # noqa: F401
+    if not torch.cuda.is_available():
+        # The shared-memory all-reduce op is a JIT-compiled speed-up for CPU; gloo does the same job.
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    return deepspeed
+
+
+class DeepSpeedStrategy:
+    def __init__(self, cfg: Config, model: torch.nn.Module, optimizer, env, ckpt_dir: Path):
+        deepspeed = _import_deepspeed()
+        self.cfg, self.env, self.dir = cfg, env, Path(ckpt_dir) / "deepspeed"
+        if not env.distributed:  # one process without torchrun: DeepSpeed still wants a process group
+            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                               ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
+                os.environ.setdefault(key, value)
+        deepspeed.init_distributed(dist_backend=env.backend or ("nccl" if torch.cuda.is_available() else "gloo"),
+                                   auto_mpi_discovery=False)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=ds_config(cfg, env.world))
+
+    # ---------------------------------------------------------------- steps
+    def backward_step(self, loss: torch.Tensor) -> None:
+        """DeepSpeed scales for accumulation, reduces, clips and steps at the boundary itself."""
+        self.engine.backward(loss)
+        self.engine.step()
+
+    # ---------------------------------------------------------------- checkpoints
+    def _tags(self) -> list[str]:
+        if not self.dir.exists():
+            return []
+        return sorted((p.name for p in self.dir.iterdir() if p.is_dir() and p.name.startswith("step")), reverse=True)
+
+    def save(self, client_state: dict, step: int, *, best: bool = False) -> None:
+        """Collective. Every rank writes its part under a temporary tag; rank 0 publishes it."""
+        tag, tmp = f"step{step:09d}", f".tmp-step{step:09d}"
+        if self.env.is_main:
+            shutil.rmtree(self.dir / tmp, ignore_errors=True)
+        self.engine.save_checkpoint(str(self.dir), tag=tmp, client_state=client_state, save_latest=False)
+        if self.env.is_main:
+            _test_pause(self.dir / tmp)
+            meta = {k: client_state[k] for k in ("config_hash", "world_size", "zero_stage", "run_id")}
+            atomic_write_text(self.dir / tmp / "imgtrain.json", json.dumps({**meta, "step": step}))
+            shutil.rmtree(self.dir / tag, ignore_errors=True)
+            os.replace(self.dir / tmp, self.dir / tag)
+            atomic_write_text(self.dir / "last", tag)
+            if best:
+                atomic_write_text(self.dir / "best", tag)
+            keep = {tag, self._pointer("best")} | set(self._tags()[:2])
+            for old in self._tags():
+                if old not in keep:
+                    shutil.rmtree(self.dir / old, ignore_errors=True)
+        torch.distributed.barrier()
+
+    def _pointer(self, name: str) -> Optional[str]:
+        p = self.dir / name
+        return p.read_text().strip() if p.exists() else None
+
+    def load_resume(self, config_hash: str) -> Optional[dict]:
+        """Client state of the newest complete checkpoint that loads; None when there is none at all."""
+        tags = self._tags()
+        last = self._pointer("last")
+        if last in tags:  # the published one first, then older complete ones
+            tags.remove(last)
+            tags.insert(0, last)
+        problems = []
+        for tag in tags:
+            meta_path = self.dir / tag / "imgtrain.json"
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError) as e:
+                problems.append(f"{tag}: no readable imgtrain.json ({e})")
+                continue
+            if meta["config_hash"] != config_hash:
+                problems.append(f"{tag}: config hash {meta['config_hash']} != this run's {config_hash}")
+                continue
+            if meta["world_size"] != self.env.world and self.cfg.dist.zero_stage > 0:
+                raise RuntimeError(
+                    f"{self.dir / tag} was saved by {meta['world_size']} ranks under ZeRO-{meta['zero_stage']}; "
+                    f"resume it with {meta['world_size']} ranks, or convert it to a universal checkpoint: "
+                    f"python -m deepspeed.checkpoint.ds_to_universal --input_folder {self.dir / tag} "
+                    f"--output_folder {self.dir / tag}_universal  and resume with "
+                    "dist.deepspeed.checkpoint.load_universal=true (see DeepSpeed's universal checkpointing)")
+            try:
+                path, client = self.engine.load_checkpoint(str(self.dir), tag=tag, load_lr_scheduler_states=False)
+            except Exception as e:
+                problems.append(f"{tag}: does not load ({type(e).__name__}: {str(e)[:300]})")
+                continue
+            if path is None:
+                problems.append(f"{tag}: DeepSpeed could not load it")
+                continue
+            for p in problems:
+                warnings.warn(f"skipped DeepSpeed checkpoint {self.dir}/{p}; resuming from {tag}")
+            return client
+        if problems:
+            raise RuntimeError(f"no usable DeepSpeed checkpoint in {self.dir}, refusing to start over existing "
+                               "progress:\n  " + "\n  ".join(problems))
+        return None
+
+    def best_state_dict(self) -> Optional[dict]:
+        tag = self._pointer("best") or self._pointer("last")
+        return consolidated_state_dict(self.dir, tag) if tag else None
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def consolidated_state_dict(ds_dir: Path, tag: str) -> dict:
+    """fp32 model weights gathered from a DeepSpeed checkpoint (ZeRO-partitioned or not)."""
+    ds_dir = Path(ds_dir)
+    if not (ds_dir / tag).is_dir():
+        raise FileNotFoundError(f"no DeepSpeed checkpoint {ds_dir / tag}")
+    if not any((ds_dir / tag).glob("*optim_states.pt")) or \
+            json.loads((ds_dir / tag / "imgtrain.json").read_text()).get("zero_stage", 0) == 0:
+        states = torch.load(ds_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+    _import_deepspeed()
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    return get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag=tag)
+
+
+def export_fp32(run_dir: Path, tag: str = "best", out: Optional[Path] = None) -> Path:
+    """Write a run's weights as one plain checkpoint ({"model": fp32 state dict, ...}) that evaluation,
+    feature extraction and fine-tuning (model.pretrained_path) load like any DDP checkpoint."""
+    from imgtrain.engine.checkpoint import atomic_save
+    run_dir = Path(run_dir)
+    ds_dir = run_dir / "checkpoints" / "deepspeed"
+    if ds_dir.is_dir():
+        name = (ds_dir / tag).read_text().strip() if (ds_dir / tag).is_file() else tag
+        meta = json.loads((ds_dir / name / "imgtrain.json").read_text())
+        state = consolidated_state_dict(ds_dir, name)
+    else:
+        path = run_dir / "checkpoints" / (tag if tag.endswith(".pt") else f"{tag}.pt")
+        if not path.exists():
+            raise FileNotFoundError(f"{run_dir} has neither checkpoints/deepspeed/ nor {path.name}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        meta, name, state = ckpt, path.stem, ckpt["ema"] or ckpt["model"]
+    out = Path(out) if out else run_dir / "checkpoints" / f"export-{name}.pt"
+    atomic_save({"model": state, "config_hash": meta.get("config_hash"), "run_id": meta.get("run_id"),
+                 "source": name}, out)
+    return out
