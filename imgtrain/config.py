@@ -61,6 +61,7 @@ class DataConfig:
     cutmix: float = 0.0
     mixup_prob: float = 1.0
     max_bad_fraction: float = 0.01  # undecodable samples tolerated before the run stops
+    jpeg_draft: bool = True  # decode large JPEGs at a reduced DCT scale that still covers the input size
 
 
 @dataclass

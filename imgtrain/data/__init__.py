@@ -10,7 +10,7 @@ from shards.manifest import load_manifest
 from imgtrain.config import Config
 from imgtrain.data.loader import EvalBatches, ShardSplit, make_loader, train_batches
 from imgtrain.data.order import TrainPlan, epoch_order, eval_positions
-from imgtrain.data.transforms import build_mixup, build_transform, resolve_norm
+from imgtrain.data.transforms import Normalizer, build_mixup, build_transform, decode_size, resolve_norm
 
 
 @dataclass
@@ -40,8 +40,9 @@ def dataset_info(cfg: Config) -> DatasetInfo:
 def build_split(cfg: Config, info: DatasetInfo, split: str, task, *, train: bool, mean, std) -> ShardSplit:
     return ShardSplit(info.root, info.manifest, split, build_transform(cfg.data, train, mean, std),
                       task.target_from_sample, seed=cfg.trainer.seed, in_chans=cfg.data.in_chans,
-                      task=info.task)
+                      task=info.task, mean=mean, std=std,
+                      draft=decode_size(cfg.data, train) if cfg.data.jpeg_draft else None)
 
 
-__all__ = ["DatasetInfo", "dataset_info", "build_split", "build_mixup", "resolve_norm", "ShardSplit",
+__all__ = ["DatasetInfo", "dataset_info", "build_split", "build_mixup", "resolve_norm", "ShardSplit", "Normalizer",
            "make_loader", "train_batches", "EvalBatches", "TrainPlan", "epoch_order", "eval_positions"]

@@ -6,7 +6,7 @@ import contextlib
 import numpy as np
 import torch
 
-from imgtrain.data import EvalBatches, eval_positions, make_loader
+from imgtrain.data import EvalBatches, Normalizer, eval_positions, make_loader
 from imgtrain.engine import dist
 from imgtrain.engine.dist import DistEnv
 
@@ -19,6 +19,7 @@ def predict(model, dataset, *, batch: int, num_workers: int, env: DistEnv, autoc
     `lockstep`: every rank runs the same number of forward passes (ZeRO-3 gathers parameters with
     collectives inside forward), repeating its last batch where it has fewer and discarding the result.
     """
+    normalize = Normalizer(dataset.mean, dataset.std, env.device)
     was_training = model.training
     model.eval()
     loader = make_loader(dataset, EvalBatches(len(dataset), env.rank, env.world, batch), num_workers,
@@ -35,7 +36,7 @@ def predict(model, dataset, *, batch: int, num_workers: int, env: DistEnv, autoc
         bad += b["bad"]
         if len(b["index"]) == 0:
             continue
-        x = b["image"].to(env.device, non_blocking=True)
+        x = normalize(b["image"].to(env.device, non_blocking=True))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if input_dtype is not None:

@@ -28,7 +28,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from imgtrain import config as C
 from imgtrain import models, tasks
-from imgtrain.data import build_mixup, build_split, dataset_info, make_loader, resolve_norm, train_batches
+from imgtrain.data import (Normalizer, build_mixup, build_split, dataset_info, make_loader, resolve_norm,
+                           train_batches)
 from imgtrain.data.loader import _seeded
 from imgtrain.engine import dist
 from imgtrain.engine.checkpoint import Checkpointer, rng_state, set_rng_state
@@ -164,6 +165,7 @@ class Trainer:
                 if name and (train or name in splits) else None
 
         self.train_ds = split(cfg.data.train_split, True)
+        self.normalize = Normalizer(mean, std, env.device, cfg.data.re_prob)
         self.val_ds, self.test_ds = split(cfg.data.val_split, False), split(cfg.data.test_split, False)
         self.mixup = build_mixup(cfg.data, self.num_classes, cfg.task.label_smoothing) \
             if self.task.name == "classification" else None
@@ -413,7 +415,7 @@ class Trainer:
             warnings.warn(f"skipped training sample {why}")
         if self.mixup is not None and len(x) % 2:  # timm's mixup pairs samples
             x, y = x[:-1], y[:-1]
-        x = x.to(self.env.device, non_blocking=True)
+        x = self.normalize(x.to(self.env.device, non_blocking=True), train=True)
         y = y.to(self.env.device, non_blocking=True)
         if self.cfg.trainer.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Data loading: imgtrain's shard pipeline against torchvision ImageFolder + DataLoader.
+
+Both decode the same N JPEGs (default 5,000 photo crops of 375..640 px, class-per-folder), apply
+random-resized-crop to 224 (bilinear), horizontal flip and normalisation, with 2 loader workers and
+batch 64, for one full pass. Ours reads WebDataset shards packed from the same files (byte for byte)
+through the position-addressable sampler, with per-sample seeded augmentation; its workers hand over
+uint8 batches and the normalisation is done (and timed) in the main process, where the engine does it
+on the training device. JPEG draft decoding (data.jpeg_draft) is on, as by default.
+
+    python benchmarks/loader.py [--n 5000] [--workers 2] [--repeats 2]
+The last line is `ratio: X.XX` = ours / ImageFolder images/s (higher is better; target >= 1.3).
+"""
+import argparse
+import io
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torchvision import datasets, transforms as T  # noqa: E402
+
+from imgtrain import config as C  # noqa: E402
+from imgtrain import tasks  # noqa: E402
+from imgtrain.data import Normalizer, build_split, dataset_info, make_loader, train_batches  # noqa: E402
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def write_jpegs(root: Path, n: int, seed: int = 0) -> None:
+    """ImageNet-like photos: crops of scikit-learn's two bundled photos at 375..640 px."""
+    from sklearn.datasets import load_sample_images
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        src = photos[i % 2]
+        h, w = int(rng.integers(200, src.shape[0])), int(rng.integers(200, src.shape[1]))
+        y, x = int(rng.integers(0, src.shape[0] - h + 1)), int(rng.integers(0, src.shape[1] - w + 1))
+        long_side = int(rng.integers(375, 641))
+        scale = long_side / max(h, w)
+        img = Image.fromarray(src[y:y + h, x:x + w]).resize((max(1, int(w * scale)), max(1, int(h * scale))),
+                                                           Image.Resampling.BILINEAR)
+        path = root / f"class_{i % 10}" / f"img_{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        path.write_bytes(buf.getvalue())
+
+
+def rate(loader, finish=lambda x: x) -> float:
+    """Images/s over one pass, after the first batch (worker start-up) has arrived. `finish` is the work
+    the training step still has to do to the batch (ours: uint8 -> normalised float, as on the GPU)."""
+    it = iter(loader)
+    first = next(it)
+    n, start = 0, time.perf_counter()
+    for b in it:
+        x = finish(b[0] if isinstance(b, (list, tuple)) else b["image"])
+        n += len(x)
+    del first
+    return n / (time.perf_counter() - start)
+
+
+def imagefolder(src: Path, workers: int, batch: int) -> float:
+    tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+    ds = datasets.ImageFolder(str(src), transform=tf)
+    return rate(DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                           persistent_workers=False))
+
+
+def ours(shards: Path, workers: int, batch: int, extra=()) -> float:
+    cfg = C.load(None, [f"data.path={shards}", "data.img_size=224", f"data.batch_size={batch}",
+                        f"data.num_workers={workers}", "data.interpolation=bilinear", f"data.mean={list(MEAN)}",
+                        f"data.std={list(STD)}", "data.val_split=null", "data.test_split=null", *extra])
+    info = dataset_info(cfg)
+    task = tasks.build(cfg.task, info.num_outputs)
+    ds = build_split(cfg, info, "train", task, train=True, mean=MEAN, std=STD)
+    batches = train_batches(ds, seed=0, epoch=0, buffer=cfg.data.shuffle_buffer, batch=batch, rank=0, world=1)
+    normalize = Normalizer(MEAN, STD, torch.device("cpu"))  # in the main process, on the CPU: counted
+    return rate(make_loader(ds, batches, workers), normalize)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="imgtrain-loader-"))
+    src, shards = tmp / "photos", tmp / "shards"
+    write_jpegs(src, args.n)
+    subprocess.run([sys.executable, "-m", "shards", "pack", "imagefolder", str(src), str(shards),
+                    "--val-fraction", "0", "--workers", "2"], check=True, cwd=ROOT, capture_output=True)
+    best = {"imagefolder": 0.0, "ours": 0.0}
+    for _ in range(args.repeats):  # alternate, keep the best of each: the page cache is warm for both
+        best["imagefolder"] = max(best["imagefolder"], imagefolder(src, args.workers, args.batch))
+        best["ours"] = max(best["ours"], ours(shards, args.workers, args.batch))
+    print(f"{args.n} JPEGs (375..640 px) -> RRC 224 + flip + normalise, {args.workers} workers, batch {args.batch}")
+    print(f"torchvision ImageFolder + DataLoader: {best['imagefolder']:8.1f} img/s")
+    print(f"imgtrain shards pipeline:             {best['ours']:8.1f} img/s")
+    print(f"ratio: {best['ours'] / best['imagefolder']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
