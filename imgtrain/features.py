@@ -1,0 +1,544 @@
+"""Features from a named layer for every sample of a split, and what the studies did with them:
+a cross-validated SVM grid and a t-SNE map.
+
+    layers = layer_table(loaded.model, loaded.cfg)            # [(name, type, output shape)], one dummy forward
+    manifest = extract(loaded, "train", "pre_logits", env, out)   # DDP: each rank writes its shards
+    feats = load_features(out)                                # X [N, D] float32, y, keys, index, class names
+    plot_tsne(feats.X, feats.y, feats.class_names, "tsne.png")
+    study = svm_study(feats, val_feats, svm_grid(["linear", "rbf"], [0.1, 1, 10], ["scale"]), out_root=...)
+
+On disk (`extract`): shard j holds samples [j*S, (j+1)*S) of the split (S = shard_size), so the files do not
+depend on the number of processes; under torchrun rank r writes the shards j with j % world == r, and rank 0
+writes manifest.json last, once every shard is there. Formats: `features-NNNNN.parquet` (key, index, label,
+feature as a fixed-size float list) or `features-NNNNN.npy` [n, D] + `labels-`, `keys-`, `index-NNNNN.npy`.
+Every file is written atomically. Samples that cannot be decoded are left out and listed in the manifest.
+"""
+from __future__ import annotations
+
+import difflib
+import io
+import json
+import math
+import re
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn as nn
+import yaml
+
+from imgtrain.data import Normalizer, make_loader
+from imgtrain.engine import dist
+from imgtrain.engine.dist import DistEnv
+from imgtrain.evaluation import EvalError, LoadedModel, _figure, save_figure, sample_keys, write_csv
+from imgtrain.logs import MetricWriter, atomic_write_bytes, atomic_write_text, mark_done, write_summary
+
+FORMAT = "imgtrain-features/1"
+PRE_LOGITS = "pre_logits"
+POOLS = ("auto", "avg", "max", "cls", "flatten")
+_SHARD_RE = re.compile(r"^(features|labels|keys|index)-\d{5}\.(npy|parquet)$")
+
+
+# ============================================================================ layers
+
+def _first_tensor(x):
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, (list, tuple)):
+        for item in x:
+            t = _first_tensor(item)
+            if t is not None:
+                return t
+    if isinstance(x, dict):
+        for item in x.values():
+            t = _first_tensor(item)
+            if t is not None:
+                return t
+    return None
+
+
+def layer_table(model: nn.Module, in_chans: int, img_size: int) -> list[tuple[str, str, Optional[tuple]]]:
+    """(module name, type, output shape without the batch) of every named module, from one forward pass
+    of a zero image, plus timm's pre_logits when the model has forward_head."""
+    shapes: dict[str, tuple] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if name:
+            def hook(_m, _i, out, name=name):
+                t = _first_tensor(out)
+                if t is not None:
+                    shapes.setdefault(name, tuple(t.shape[1:]))
+            hooks.append(mod.register_forward_hook(hook))
+    device = next(model.parameters()).device
+    x = torch.zeros(1, in_chans, img_size, img_size, device=device)
+    try:
+        with torch.no_grad():
+            model(x)
+            pre = model.forward_head(model.forward_features(x), pre_logits=True) \
+                if hasattr(model, "forward_head") else None
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = [(n, type(m).__name__, shapes.get(n)) for n, m in model.named_modules() if n]
+    if pre is not None:
+        rows.append((PRE_LOGITS, "forward_head(pre_logits=True)", tuple(pre.shape[1:])))
+    return rows
+
+
+class _Captured(Exception):
+    """Raised by the hook once the layer's output is captured: the rest of the forward pass is skipped."""
+
+
+class LayerTap:
+    """Output of one named layer (forward hook), or timm's `forward_head(pre_logits=True)` for
+    'pre_logits', pooled to [B, D]."""
+
+    def __init__(self, model: nn.Module, layer: str, pool: str = "auto"):
+        if pool not in POOLS:
+            raise EvalError(f"--pool {pool}: one of {', '.join(POOLS)}")
+        self.model, self.layer, self.pool = model, layer, pool
+        self.pre_logits = layer == PRE_LOGITS and hasattr(model, "forward_head")
+        if not self.pre_logits:
+            modules = dict(model.named_modules())
+            modules.pop("", None)
+            if layer not in modules:
+                close = difflib.get_close_matches(layer, list(modules), n=4, cutoff=0.5)
+                hint = f"; close matches: {', '.join(close)}" if close else ""
+                arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+                raise EvalError(f"no layer '{layer}' in model {arch}{hint} (--list-layers lists all {len(modules)}"
+                                f"{', and pre_logits' if hasattr(model, 'forward_head') else ''})")
+            self.module = modules[layer]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_logits:
+            return self._pool(self.model.forward_head(self.model.forward_features(x), pre_logits=True))
+        box = {}
+
+        def hook(_m, _i, out):
+            box["out"] = _first_tensor(out)
+            raise _Captured
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            self.model(x)
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
+        if box.get("out") is None:
+            raise EvalError(f"layer '{self.layer}' produced no tensor (or was not called in the forward pass)")
+        return self._pool(box["out"])
+
+    def _pool(self, t: torch.Tensor) -> torch.Tensor:
+        """auto: 4-D (N, C, H, W) -> mean over H, W; 3-D tokens (N, T, C) -> mean over tokens; 2-D as is.
+        avg/max over all but the first two dims (4-D) or the tokens (3-D); cls: token 0; flatten: all."""
+        if t.ndim == 2 or self.pool == "flatten":
+            return t.flatten(1)
+        if self.pool == "cls":
+            if t.ndim != 3:
+                raise EvalError(f"--pool cls needs token outputs (N, T, C); layer '{self.layer}' gives "
+                                f"{tuple(t.shape)}")
+            return t[:, 0]
+        dims = (1,) if t.ndim == 3 else tuple(range(2, t.ndim))
+        return t.amax(dim=dims) if self.pool == "max" else t.mean(dim=dims)
+
+
+# ============================================================================ extraction
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _feature_column(x: np.ndarray) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+
+
+def _write_shard(out: Path, j: int, fmt: str, x: np.ndarray, labels: np.ndarray, keys: list[str],
+                 index: np.ndarray) -> dict[str, str]:
+    if fmt == "npy":
+        files = {"features": f"features-{j:05d}.npy", "labels": f"labels-{j:05d}.npy",
+                 "keys": f"keys-{j:05d}.npy", "index": f"index-{j:05d}.npy"}
+        atomic_write_bytes(out / files["labels"], _npy_bytes(labels))
+        atomic_write_bytes(out / files["keys"], _npy_bytes(np.asarray(keys, dtype=str)))
+        atomic_write_bytes(out / files["index"], _npy_bytes(index.astype(np.int64)))
+        atomic_write_bytes(out / files["features"], _npy_bytes(x))
+        return files
+    label = pa.array(labels) if labels.ndim == 1 else _feature_column(labels.astype(np.float32))
+    table = pa.table({"key": pa.array(keys, pa.string()), "index": pa.array(index.astype(np.int64)),
+                      "label": label, "feature": _feature_column(x)})
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    name = f"features-{j:05d}.parquet"
+    atomic_write_bytes(out / name, buf.getvalue())
+    return {"features": name}
+
+
+def _clear(out: Path) -> None:
+    """Remove a previous extraction's manifest (first: readers then see no features) and shards."""
+    (out / "manifest.json").unlink(missing_ok=True)
+    if out.is_dir():
+        for p in out.iterdir():
+            if _SHARD_RE.match(p.name):
+                p.unlink()
+
+
+def extract(loaded: LoadedModel, split: str, layer: str, env: DistEnv, out: str | Path, *, fmt: str = "parquet",
+            pool: str = "auto", batch: Optional[int] = None, shard_size: int = 10000,
+            dtype: str = "float32") -> Optional[dict]:
+    """Features of `layer` for every sample of `split` into `out`. Collective under DDP; returns the
+    manifest on rank 0 (None on the others)."""
+    if fmt not in ("parquet", "npy"):
+        raise EvalError(f"--format {fmt}: parquet or npy")
+    if dtype not in ("float32", "float16"):
+        raise EvalError(f"--dtype {dtype}: float32 or float16")
+    if shard_size < 1:
+        raise EvalError("--shard-size must be >= 1")
+    out = Path(out)
+    ds = loaded.dataset(split)
+    tap = LayerTap(loaded.model, layer, pool)
+    cfg, device = loaded.cfg, next(loaded.model.parameters()).device
+    batch = batch or cfg.data.eval_batch_size or cfg.data.batch_size
+    normalize = Normalizer(ds.mean, ds.std, device)  # the loader hands over uint8 batches, as predict() does
+    n = len(ds)
+    n_shards = max(1, math.ceil(n / shard_size))
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _clear(out)
+    dist.barrier(env)
+    t0 = time.time()
+    written, bad, dim = [], [], None
+    for j in range(env.rank, n_shards, env.world):
+        lo, hi = j * shard_size, min(n, (j + 1) * shard_size)
+        batches = [[(0, p) for p in range(i, min(hi, i + batch))] for i in range(lo, hi, batch)]
+        feats, labels, index = [], [], []
+        for b in make_loader(ds, batches, cfg.data.num_workers, pin_memory=device.type == "cuda"):
+            bad += b["bad"]
+            if len(b["index"]) == 0:
+                continue
+            x = normalize(b["image"].to(device, non_blocking=True))
+            feats.append(tap(x).float().cpu())
+            labels.append(b["target"])
+            index.append(b["index"])
+        if not index:
+            continue
+        x = torch.cat(feats).numpy().astype(dtype)
+        idx = torch.cat(index).numpy()
+        dim = x.shape[1]
+        files = _write_shard(out, j, fmt, x, torch.cat(labels).numpy(), sample_keys(ds, idx), idx)
+        written.append({"shard": j, "files": files, "count": int(len(idx)), "first": int(idx[0]),
+                        "last": int(idx[-1])})
+    parts = dist.gather_objects(env, (written, bad, dim))
+    manifest = None
+    if env.is_main:
+        shards = sorted((s for p in parts for s in p[0]), key=lambda s: s["shard"])
+        dims = {p[2] for p in parts if p[2] is not None}
+        if not shards:
+            raise EvalError(f"no sample of split '{split}' could be read ({sum(len(p[1]) for p in parts)} bad)")
+        src = loaded.source
+        manifest = {
+            "format": FORMAT, "layer": layer, "pool": pool, "dim": dims.pop(), "dtype": dtype, "file_format": fmt,
+            "split": split, "count": sum(s["count"] for s in shards), "split_samples": n,
+            "skipped": [r for p in parts for r in p[1]], "task": loaded.info.task,
+            "class_names": loaded.info.class_names, "data": str(loaded.info.root),
+            "dataset": loaded.info.manifest.get("name"), "model": cfg.model.name,
+            "run_dir": str(src.run_dir) if src.run_dir else None,
+            "config": str(src.config_file) if src.config_file else None, "checkpoint": str(src.weights),
+            "weights": loaded.weights_kind, "img_size": cfg.data.img_size, "mean": list(loaded.mean),
+            "std": list(loaded.std), "shard_size": shard_size, "shards": shards, "world_size": env.world,
+            "seconds": round(time.time() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    dist.barrier(env)
+    return manifest
+
+
+# ============================================================================ reading features back
+
+@dataclass
+class Features:
+    X: np.ndarray  # [N, D] float32
+    y: np.ndarray  # [N] class index (classification) or [N, bins] distribution
+    keys: np.ndarray  # [N] str
+    index: np.ndarray  # [N] sample index in the split
+    class_names: list[str]
+    manifest: dict
+    path: Path
+
+
+def load_features(path: str | Path) -> Features:
+    """Every shard listed in DIR/manifest.json, concatenated in sample order."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except FileNotFoundError:
+        why = "does not exist" if not path.exists() else \
+            "holds no manifest.json (not a features directory, or an extraction that did not finish)"
+        raise EvalError(f"features directory {path} {why}") from None
+    except ValueError as e:
+        raise EvalError(f"{path}/manifest.json: not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise EvalError(f"{path}/manifest.json: format {manifest.get('format')!r}, expected {FORMAT}")
+    xs, ys, keys, index = [], [], [], []
+    for s in manifest["shards"]:
+        f = s["files"]
+        if manifest["file_format"] == "npy":
+            xs.append(np.load(path / f["features"]))
+            ys.append(np.load(path / f["labels"]))
+            keys.append(np.load(path / f["keys"]))
+            index.append(np.load(path / f["index"]))
+        else:
+            t = pq.read_table(path / f["features"])
+            d = t.schema.field("feature").type.list_size
+            xs.append(t["feature"].combine_chunks().flatten().to_numpy().reshape(-1, d))
+            lab = t["label"].combine_chunks()
+            ys.append(lab.to_numpy() if not pa.types.is_fixed_size_list(lab.type) else
+                      lab.flatten().to_numpy().reshape(len(lab), -1))
+            keys.append(np.asarray(t["key"].to_pylist(), dtype=str))
+            index.append(t["index"].to_numpy())
+    return Features(np.concatenate(xs).astype(np.float32, copy=False), np.concatenate(ys), np.concatenate(keys),
+                    np.concatenate(index), list(manifest["class_names"]), manifest, path)
+
+
+# ============================================================================ t-SNE
+
+def plot_tsne(X: np.ndarray, y: np.ndarray, class_names: Sequence[str], out: str | Path, *, max_points: int = 2000,
+              seed: int = 0, perplexity: float = 30.0, title: Optional[str] = None) -> dict:
+    """2-D t-SNE of (a seeded subsample of at most `max_points`) features, one colour per class.
+    Features are standardised and reduced to 50 PCA components first when wider."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from sklearn.preprocessing import StandardScaler
+
+    if y.ndim != 1:
+        raise EvalError("t-SNE colours by class: classification features only")
+    n = len(X)
+    idx = np.arange(n)
+    if n > max_points:
+        idx = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+    if len(idx) < 5:
+        raise EvalError(f"t-SNE needs at least 5 points, got {len(idx)}")
+    x = StandardScaler().fit_transform(X[idx].astype(np.float64))
+    if x.shape[1] > 50 and len(idx) > 50:
+        x = PCA(50, random_state=seed).fit_transform(x)
+    perp = min(perplexity, (len(idx) - 1) / 3)
+    emb = TSNE(2, perplexity=perp, init="pca", learning_rate="auto", random_state=seed).fit_transform(x)
+    labels = y[idx].astype(np.int64)
+    k = len(class_names)
+    fig = _figure(8 if k <= 20 else 7, 6)
+    ax = fig.subplots()
+    from matplotlib import colormaps
+    cmap = colormaps["tab10" if k <= 10 else "tab20" if k <= 20 else "gist_ncar"]
+    for c in np.unique(labels):
+        m = labels == c
+        color = cmap(c % 20 if k <= 20 else c / max(k - 1, 1))
+        ax.scatter(emb[m, 0], emb[m, 1], s=6, color=color, label=str(class_names[c]), alpha=0.8)
+    if k <= 20:
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2, fontsize=8, frameon=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"t-SNE: {title + ', ' if title else ''}{len(idx)} of {n} feature vectors", fontsize=10)
+    save_figure(fig, out)
+    return {"path": Path(out), "points": int(len(idx)), "of": int(n), "perplexity": perp}
+
+
+# ============================================================================ SVM
+
+@dataclass(frozen=True)
+class SvmCell:
+    kernel: str
+    C: float
+    gamma: Any = None  # 'scale' | 'auto' | float; None for the linear kernel
+
+    @property
+    def label(self) -> str:
+        g = "" if self.gamma is None else f"-g{self.gamma:g}" if isinstance(self.gamma, float) else f"-g{self.gamma}"
+        return f"{self.kernel}-C{self.C:g}{g}"
+
+
+def parse_gamma(text: str):
+    if text in ("scale", "auto"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise EvalError(f"--gamma {text}: scale, auto or a number") from None
+
+
+def svm_grid(kernels: Sequence[str], Cs: Sequence[float], gammas: Sequence[Any]) -> list[SvmCell]:
+    """kernel x C x gamma; the linear kernel has no gamma, so it gets one cell per C."""
+    cells = []
+    for k in kernels:
+        if k not in ("linear", "rbf", "poly", "sigmoid"):
+            raise EvalError(f"--kernel {k}: linear, rbf, poly or sigmoid")
+        for c in Cs:
+            if c <= 0:
+                raise EvalError(f"--C {c}: must be > 0")
+            cells += [SvmCell(k, float(c))] if k == "linear" else [SvmCell(k, float(c), g) for g in gammas]
+    return list(dict.fromkeys(cells))
+
+
+def make_svm(cell: SvmCell, multiclass: str = "ovr", seed: int = 0):
+    """StandardScaler + SVM. one-vs-rest: LinearSVC (liblinear) for the linear kernel, otherwise one
+    SVC per class (OneVsRestClassifier); ovo: SVC, libsvm's one-vs-one."""
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC, LinearSVC
+
+    if multiclass == "ovr" and cell.kernel == "linear":
+        clf = LinearSVC(C=cell.C, dual="auto", max_iter=20000, random_state=seed)
+    else:
+        svc = SVC(kernel=cell.kernel, C=cell.C, gamma=cell.gamma if cell.gamma is not None else "scale",
+                  random_state=seed)
+        clf = OneVsRestClassifier(svc) if multiclass == "ovr" else svc
+    return make_pipeline(StandardScaler(), clf)
+
+
+def _subsample(feats: Features, max_samples: Optional[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    X, y = feats.X, feats.y
+    if max_samples and len(X) > max_samples:
+        from sklearn.model_selection import train_test_split
+        keep, _ = train_test_split(np.arange(len(X)), train_size=max_samples, stratify=y, random_state=seed)
+        keep = np.sort(keep)
+        X, y = X[keep], y[keep]
+    return X, y
+
+
+def _classification_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+    p, r, f, _ = precision_recall_fscore_support(y, pred, average="macro", zero_division=0)
+    return {"acc1": float(accuracy_score(y, pred)), "precision": float(p), "recall": float(r), "f1": float(f)}
+
+
+@dataclass
+class SvmStudy:
+    rows: list[dict]  # one per cell, best first
+    best: dict
+    test: Optional[dict]  # held-out metrics of the best cell refit on all training features
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def svm_study(train: Features, val: Optional[Features], cells: Sequence[SvmCell], *, out_root: str | Path,
+              name: str, cv: int = 5, seed: int = 0, jobs: int = 1, multiclass: str = "ovr",
+              max_samples: Optional[int] = None, log=print) -> SvmStudy:
+    """Cross-validate every cell (stratified `cv` folds, seeded; the scaler is fitted inside each fold),
+    refit the best on all training features and score it on `val`. Each cell is a run
+    `<out_root>/runs/<name>-<cell>` (DESIGN §2/§3: metrics/*.parquet, summary.parquet, DONE; the best also
+    test_results.json), so jobs/analyze.py ranks them; the table goes to <out_root>/<name>.csv and .md."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import confusion_matrix
+    from sklearn.model_selection import StratifiedKFold, cross_validate
+
+    if train.y.ndim != 1:
+        raise EvalError("the SVM needs classification features (one class per sample)")
+    if multiclass not in ("ovr", "ovo"):
+        raise EvalError(f"--multiclass {multiclass}: ovr or ovo")
+    X, y = _subsample(train, max_samples, seed)
+    counts = np.bincount(y.astype(np.int64))
+    smallest = int(counts[counts > 0].min())
+    if cv < 2 or cv > smallest:
+        raise EvalError(f"--cv {cv}: needs 2 <= folds <= the smallest class's sample count ({smallest})")
+    if val is not None:
+        for key in ("model", "checkpoint", "layer", "pool"):
+            a, b = train.manifest.get(key), val.manifest.get(key)
+            if a != b:
+                raise EvalError(f"--val features come from {key} {b}, the training features from {key} {a}")
+        if val.X.shape[1] != X.shape[1] or val.class_names != train.class_names:
+            raise EvalError("--val features have other dimensions or classes than the training features")
+    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+    out_root = Path(out_root)
+    rows = []
+    for i, cell in enumerate(cells):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            res = cross_validate(make_svm(cell, multiclass, seed), X, y, cv=folds, n_jobs=jobs,
+                                 scoring={"acc1": "accuracy", "f1": "f1_macro"})
+        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        acc = res["test_acc1"]
+        rows.append({"run_id": f"{_safe(name)}-{_safe(cell.label)}", "kernel": cell.kernel, "C": cell.C,
+                     "gamma": "" if cell.gamma is None else cell.gamma, "cv_acc1": float(acc.mean()),
+                     "cv_acc1_std": float(acc.std()), "cv_f1": float(res["test_f1"].mean()),
+                     "fit_s": float(res["fit_time"].sum()), "folds": " ".join(f"{a:.4f}" for a in acc),
+                     "converged": converged, "cell": cell, "fold_acc1": [float(a) for a in acc]})
+        log(f"[svm] {i + 1}/{len(cells)} {cell.label}: cv acc1 {acc.mean():.4f} +- {acc.std():.4f}"
+            f"{'' if converged else ' (not converged)'}")
+    rows.sort(key=lambda r: -r["cv_acc1"])
+    best = rows[0]
+    test = None
+    if val is not None:
+        model = make_svm(best["cell"], multiclass, seed).fit(X, y)
+        pred = model.predict(val.X)
+        test = _classification_metrics(val.y, pred)
+        test["samples"] = float(len(val.y))
+        test["confusion_matrix"] = confusion_matrix(val.y, pred, labels=np.arange(len(val.class_names))).tolist()
+        best["test_acc1"] = test["acc1"]
+        best["test_f1"] = test["f1"]
+    features_cfg = {"path": str(train.path), "layer": train.manifest.get("layer"), "dim": int(X.shape[1]),
+                    "samples": int(len(X)), "model": train.manifest.get("model"),
+                    "val": str(val.path) if val is not None else None}
+    for r in rows:
+        _write_cell_run(out_root / "runs" / r["run_id"], r, name, features_cfg, cv, multiclass, seed,
+                        test if r is best else None, train.class_names, val)
+    study = SvmStudy(rows, best, test)
+    table = [{k: v for k, v in r.items() if k not in ("cell", "fold_acc1")} for r in rows]
+    study.files["csv"] = write_csv(table, out_root / f"{_safe(name)}.csv")
+    study.files["markdown"] = atomic_write_text(out_root / f"{_safe(name)}.md", svm_markdown(study, name))
+    return study
+
+
+def _write_cell_run(run_dir: Path, row: dict, sweep: str, features_cfg: dict, cv: int, multiclass: str, seed: int,
+                    test: Optional[dict], class_names: list[str], val: Optional[Features]) -> None:
+    if run_dir.is_dir():  # our own output of an earlier svm.py run: replaced, never mixed with it
+        shutil.rmtree(run_dir)
+    cell: SvmCell = row["cell"]
+    with MetricWriter(run_dir, row["run_id"], sweep) as w:
+        w.log_many("val", {"acc1": row["cv_acc1"], "acc1_std": row["cv_acc1_std"], "f1": row["cv_f1"],
+                           "fit_s": row["fit_s"]}, epoch=0, step=0)
+        for i, a in enumerate(row["fold_acc1"]):
+            w.log("cv", "acc1", a, epoch=0, step=i)
+        if test is not None:
+            w.log_many("test", {k: v for k, v in test.items() if k != "confusion_matrix"}, epoch=0, step=0)
+    gamma = None if cell.gamma is None else str(cell.gamma)
+    config = {"svm": {"kernel": cell.kernel, "C": cell.C, "gamma": gamma, "cv": cv, "multiclass": multiclass,
+                      "seed": seed, "standardize": True}, "features": features_cfg}
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    summary = {"run_id": row["run_id"], "sweep": sweep, "status": "DONE", "monitor": "val/acc1",
+               "best": row["cv_acc1"], "best_epoch": 0, "epochs": 1, "steps": 0, "wall_s": row["fit_s"],
+               "gpu_hours": 0.0, "img_per_s": 0.0}
+    if test is not None:
+        summary.update({f"test/{k}": v for k, v in test.items() if k != "confusion_matrix"})
+        results = {"split": val.manifest.get("split", "val"), "metrics": {k: v for k, v in test.items()
+                                                                          if k != "confusion_matrix"},
+                   "class_names": class_names, "checkpoint": "svm refit on all training features",
+                   "confusion_matrix": test["confusion_matrix"]}
+        atomic_write_text(run_dir / "test_results.json", json.dumps(results, indent=1))
+    write_summary(run_dir, summary, config=config)
+    mark_done(run_dir)
+
+
+def svm_markdown(study: SvmStudy, name: str) -> str:
+    head = "| rank | kernel | C | gamma | cv acc1 | +- | cv f1 | fit s | run |\n|---|---|---|---|---|---|---|---|---|\n"
+    lines = [f"| {i + 1} | {r['kernel']} | {r['C']:g} | {r['gamma'] if r['gamma'] != '' else '-'} | "
+             f"{r['cv_acc1']:.4f} | {r['cv_acc1_std']:.4f} | {r['cv_f1']:.4f} | {r['fit_s']:.1f} | {r['run_id']}"
+             f"{'' if r['converged'] else ' (not converged)'} |" for i, r in enumerate(study.rows)]
+    text = f"# SVM grid: {name}\n\n" + head + "\n".join(lines) + "\n"
+    if study.test is not None:
+        t = study.test
+        text += (f"\nBest ({study.best['run_id']}) refit on all training features, held out "
+                 f"({int(t['samples'])} samples): acc1 {t['acc1']:.4f}, precision {t['precision']:.4f}, "
+                 f"recall {t['recall']:.4f}, f1 {t['f1']:.4f}\n")
+    return text
