@@ -144,6 +144,9 @@ class TrainerConfig:
     log_every_steps: int = _volatile(10)
     log_every_seconds: float = _volatile(30.0)
     max_attempts: int = _volatile(5)
+    # stop cleanly (last.pt, STOPPED, exit 75) once this many epochs are done; resumable with a larger value
+    # or none. Successive halving's rungs (jobs/sweep.py). Not in the hash: the run id stays the same.
+    stop_after_epochs: Optional[int] = _volatile(None)
 
 
 @dataclass

@@ -172,10 +172,18 @@ class EvalBatches:
             yield [(0, p) for p in pos[i:i + self.batch]]
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """SLURM signals every process of a job step: the workers must not die before the trainer saves."""
+    import signal
+    for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
+
+
 def make_loader(dataset: ShardSplit, batches, num_workers: int, pin_memory: bool = False) -> DataLoader:
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
                       pin_memory=pin_memory, persistent_workers=False,
-                      prefetch_factor=4 if num_workers > 0 else None)
+                      prefetch_factor=4 if num_workers > 0 else None,
+                      worker_init_fn=_ignore_stop_signals if num_workers > 0 else None)
 
 
 def train_batches(dataset: ShardSplit, *, seed: int, epoch: int, buffer: int, batch: int, rank: int,

@@ -326,15 +326,25 @@ class Trainer:
         self.progress = Progress(total, desc=self.run_id, enabled=self.env.is_main,
                                  every_seconds=cfg.trainer.log_every_seconds, initial=state.step,
                                  epochs=cfg.trainer.epochs)
-        reason = None
+        pause_at = cfg.trainer.stop_after_epochs
+
+        def pause() -> Optional[str]:  # successive halving: stop at a rung, the sweep decides what follows
+            return "pause" if pause_at is not None and pause_at <= state.epoch < cfg.trainer.epochs else None
+
+        reason = "max_steps" if cfg.trainer.max_steps and state.step >= cfg.trainer.max_steps else pause()
         while state.epoch < cfg.trainer.epochs and reason is None:
             reason, epoch_done = self.train_epoch()
             if reason == "signal" and not epoch_done:
                 break  # last.pt was written at the step the signal was seen
             if epoch_done or reason == "max_steps":
                 reason = self.end_epoch(epoch_done) or reason
+            reason = reason or pause()
         self.progress.close()
         self._tick()
+        if reason == "pause":
+            self.log(f"paused after epoch {state.epoch} (trainer.stop_after_epochs={pause_at}); checkpoint written, "
+                     f"exit {REQUEUE_EXIT_CODE}")
+            return RunResult(self.rdir, "STOPPED", REQUEUE_EXIT_CODE)
         if reason == "signal":
             self.log(f"stopped by {self.stop.name or 'a signal on another rank'} at epoch {state.epoch} step "
                      f"{state.step}; checkpoint written, exit {REQUEUE_EXIT_CODE} (requeue me)")

@@ -1,0 +1,157 @@
+"""What a SLURM array task of a sweep runs: `CellJob(config path, overrides)()`.
+
+The callable holds nothing but the base config's path and the cell's overrides (output.run included),
+so whatever starts it (the first start, a requeue by SLURM, by submitit or by this code) resumes the
+same run directory from its last.pt: nothing depends on submitit's pickled state.
+
+Signals and requeueing (verified on the local SLURM cluster, tests/test_sweep.py):
+- The array is submitted with `--signal=USR1@<signal_delay_s>` and `--requeue`. SIGUSR1 (the time
+  limit is near, or `scancel --signal=USR1`) and SIGUSR2 (submitit's own preemption signal, e.g.
+  `job._interrupt()`) make the trainer finish its step, write last.pt and return STOPPED. While the job
+  is still RUNNING in SLURM's eyes, task 0 of this array element then runs
+  `scontrol requeue <array job>_<task>` itself and exits without a result (so submitit records none);
+  the requeued task starts the same callable again, which resumes.
+- SIGTERM comes from SLURM ending the job: `scontrol requeue` by hand or by a preempting scheduler,
+  `scancel`, the time limit itself. submitit ignores SIGTERM; the trainer stops and saves. The job is
+  then COMPLETING, so nothing is requeued here: SLURM requeues it (requeue, preemption) or not
+  (cancel). A requeued task restarts the original pickle = this callable = resume.
+- submitit's SIGUSR2 handler (checkpoint() + requeue + exit at once) is replaced while this callable
+  runs, because it would requeue before the trainer saved. `checkpoint()` is still defined (it returns
+  the same callable with the same arguments) for a USR2 that arrives before that.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+REQUEUE_EXIT_CODE = 75
+
+
+def _say(msg: str) -> None:
+    print(f"[imgtrain.sweep] {msg}", flush=True)
+
+
+def slurm_task_id(env=os.environ) -> Optional[str]:
+    """`<array job>_<task>` of this array element, or the plain job id; None outside SLURM."""
+    if "SLURM_JOB_ID" not in env:
+        return None
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env["SLURM_JOB_ID"]
+
+
+def slurm_job_state(job: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for word in out.stdout.split():
+        if word.startswith("JobState="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def epochs_done(run_dir: Path) -> int:
+    """Epochs the run has completed, from its Parquet logs (train/epoch_loss is logged at each epoch end)."""
+    from imgtrain.logs import read_metrics
+    import pyarrow.compute as pc
+    try:
+        t = read_metrics(run_dir, columns=["split", "metric", "epoch"])
+    except FileNotFoundError:
+        return 0
+    t = t.filter(pc.and_(pc.equal(t["split"], "train"), pc.equal(t["metric"], "epoch_loss")))
+    if t.num_rows == 0:
+        return 0
+    return int(pc.max(t["epoch"]).as_py()) + 1
+
+
+class CellJob(Checkpointable):
+    """Runs one sweep cell in a submitit task: `CellJob()(config path, overrides)` is what
+    `python jobs/train.py --config CONFIG OVERRIDES...` does, plus the requeue logic above.
+    `executor.map_array(CellJob(), configs, overrides)` submits a sweep as one array."""
+
+    def __init__(self, max_requeues: int = 20):
+        self.max_requeues = max_requeues
+
+    def __repr__(self) -> str:
+        return f"CellJob(max_requeues={self.max_requeues})"
+
+    def checkpoint(self, config: str, overrides: list[str]) -> DelayedSubmission:
+        """submitit's preemption path: the same pure (config, overrides); the run dir has the state."""
+        return DelayedSubmission(CellJob(self.max_requeues), config, list(overrides))
+
+    # ------------------------------------------------------------------------------------------------
+    def __call__(self, config: str, overrides: list[str]) -> dict:
+        self.config, self.overrides = str(config), list(overrides)
+        stop = {"signal": None}
+
+        def early(signum, frame):  # before and after training: remember; during training: tell the trainer
+            stop["signal"] = signal.Signals(signum).name
+
+        def usr2(signum, frame):
+            stop["signal"] = "SIGUSR2"
+            signal.raise_signal(signal.SIGUSR1)  # the trainer's stop while it runs, `early` otherwise
+
+        signal.signal(signal.SIGUSR1, early)
+        signal.signal(signal.SIGUSR2, usr2)
+
+        from imgtrain import config as C
+        run_dir = self._run_dir()
+        try:
+            cfg = C.load(self.config, self.overrides)
+        except C.ConfigError as e:
+            if run_dir is not None:
+                from imgtrain.logs import mark_failed
+                run_dir.mkdir(parents=True, exist_ok=True)
+                mark_failed(run_dir, f"config error when the job started: {e}")
+            raise
+        from imgtrain.engine.trainer import run_dir_for, train
+        run_dir = run_dir_for(cfg)
+        if stop["signal"]:
+            _say(f"{stop['signal']} before training started")
+            return self._stopped(run_dir, cfg)
+        result = train(cfg)
+        if result.status == "DONE":
+            return {"status": "DONE", "run_dir": str(result.run_dir)}
+        return self._stopped(run_dir, cfg)
+
+    def _run_dir(self) -> Optional[Path]:
+        vals = dict(o.split("=", 1) for o in self.overrides if "=" in o)
+        if "output.run" not in vals:
+            return None
+        from imgtrain.logs.runinfo import resolve_root
+        return resolve_root(vals.get("output.root")) / "runs" / vals["output.run"]
+
+    def _stopped(self, run_dir: Path, cfg) -> dict:
+        """STOPPED: paused at a halving rung (done for now), or stopped by a signal (requeue or not)."""
+        rung = getattr(cfg.trainer, "stop_after_epochs", None)
+        if rung is not None and epochs_done(run_dir) >= rung:
+            _say(f"paused after epoch {rung} (successive halving rung)")
+            return {"status": "PAUSED", "run_dir": str(run_dir), "rung": rung}
+        task = slurm_task_id()
+        if task is None:  # not under SLURM: whoever started us starts us again
+            return {"status": "STOPPED", "run_dir": str(run_dir)}
+        rank = int(os.environ.get("SLURM_PROCID", "0"))
+        state = slurm_job_state(task)
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        if rank == 0 and state == "RUNNING":
+            if restarts >= self.max_requeues:
+                _say(f"stopped; not requeueing {task}: it restarted {restarts} times (max_requeues)")
+            else:
+                proc = subprocess.run(["scontrol", "requeue", task], capture_output=True, text=True, timeout=60)
+                if proc.returncode == 0:
+                    _say(f"stopped after writing last.pt; requeued {task} (restart {restarts + 1})")
+                else:
+                    _say(f"stopped; scontrol requeue {task} failed: {proc.stderr.strip()}")
+        elif rank == 0:
+            _say(f"stopped after writing last.pt; SLURM is ending {task} (state {state}): it requeues it or not")
+        # leave without a result: submitit must not see this attempt as the job's outcome
+        sys.stdout.flush()
+        sys.stderr.flush()
+        raise SystemExit(REQUEUE_EXIT_CODE)
