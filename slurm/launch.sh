@@ -1,0 +1,546 @@
+#!/bin/bash
+# The launcher every slurm/*.sbatch recipe execs: config check, one srun task per node running
+# torchrun (c10d rendezvous on the allocation's first node), preemption and requeue, attempt limit.
+#
+#   sbatch slurm/ava_vit.sbatch [key=value ...]                 what users type (see the recipes)
+#   IMGTRAIN_DRY_RUN=1 bash slurm/ava_vit.sbatch [key=value ...] print what would run, start nothing
+#   bash slurm/launch.sh --config FILE [--recipe FILE] [--dry-run] [key=value ...]
+#   bash slurm/launch.sh --pack KIND SRC OUT [pack options]     (slurm/pack_shards.sbatch)
+#
+# Everything runs from the repository root (this script's parent directory), so relative paths in
+# the config and in overrides are relative to it. Under sbatch a recipe runs from a spool copy and
+# finds the repository through $IMGTRAIN_HOME, else $SLURM_SUBMIT_DIR: submit from the repository
+# root or set IMGTRAIN_HOME.
+#
+# Logs: the recipes write slurm/logs/<job name>-<job id>.out and .err under the submit directory
+# (#SBATCH lines cannot expand variables; the directory is part of the repository, and SLURM does
+# not create a missing one: the job would then fail without any log). Put them elsewhere with
+# `sbatch --output=DIR/%x-%j.out --error=DIR/%x-%j.err ...`. Either way they are linked into
+# <run dir>/logs/, and --open-mode=append keeps every attempt of a requeued job in one file.
+#
+# Environment:
+#   IMGTRAIN_NPROC      processes per node; default: the GPUs allocated on the node
+#                       (SLURM_GPUS_ON_NODE, else CUDA_VISIBLE_DEVICES), else 1 (CPU partitions)
+#   IMGTRAIN_SIF        an Apptainer image (apptainer build imgtrain.sif Singularity.def): every
+#                       Python step runs in `apptainer exec --nv --bind <repo>,<run root>,<data>,
+#                       <weights>` with the image's python and the repository's code; srun,
+#                       scontrol and this script stay outside the container
+#   IMGTRAIN_PYTHON     the Python to use (default <repo>/.venv/bin/python, else python3)
+#   IMGTRAIN_DRY_RUN=1  same as --dry-run
+#   IMGTRAIN_RESEND_S   while the workers stop, the stop signal is sent again every this many
+#                       seconds (default 10): a worker still starting up ignores it
+#
+# Signals (the recipes ask for --signal=B:USR1@<s> and --requeue):
+#   USR1 (SLURM's warning before the time limit, or `scancel --signal=USR1 --batch <job>`):
+#     forwarded to the workers (torchrun ignores it), which finish their step, write last.pt and
+#     exit 75; then `scontrol requeue` (an array task: only that task) and the next attempt resumes.
+#   TERM: forwarded the same way; then requeue only if the time limit was reached. A requeue by
+#     SLURM itself (`scontrol requeue`, preemption) needs nothing more; `scancel` stays cancelled.
+# A run that is DONE exits 0 at once. A real failure is requeued until trainer.max_attempts attempts
+# of this job failed; then FAILED holds the reason. Exit status: 0 done/requeued, 1 failed, 2 bad
+# config or usage (never requeued).
+set -uo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SELF=$REPO/slurm/launch.sh
+
+log() { printf '[launch %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+err() { printf '[launch %s] error: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+  local code=$1
+  shift
+  err "$*"
+  exit "${code}"
+}
+quoted() { # a command line as one copy-pasteable string (quotes only where the shell needs them)
+  local arg out="" q
+  for arg in "$@"; do
+    if [[ $arg =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
+      q=$arg
+    elif [[ $arg != *"'"* ]]; then
+      q="'${arg}'"
+    else
+      printf -v q '%q' "$arg"
+    fi
+    out+="${out:+ }${q}"
+  done
+  printf '%s' "${out}"
+}
+
+usage() {
+  sed -n '2,/^set -uo/p' "$SELF" | sed '$d; s/^# \{0,1\}//'
+}
+
+# ----------------------------------------------------------------------------- small helpers
+# shellcheck disable=SC2317  # reached from the TERM trap
+to_seconds() { # [D-]HH:MM:SS, MM:SS or SS -> seconds; anything else (UNLIMITED, INVALID) -> empty
+  local t=$1 d=0 h=0 m=0 s=0
+  if [[ $t =~ ^([0-9]+)-([0-9]+):([0-9]+):([0-9]+)$ ]]; then
+    d=${BASH_REMATCH[1]} h=${BASH_REMATCH[2]} m=${BASH_REMATCH[3]} s=${BASH_REMATCH[4]}
+  elif [[ $t =~ ^([0-9]+):([0-9]+):([0-9]+)$ ]]; then
+    h=${BASH_REMATCH[1]} m=${BASH_REMATCH[2]} s=${BASH_REMATCH[3]}
+  elif [[ $t =~ ^([0-9]+):([0-9]+)$ ]]; then
+    m=${BASH_REMATCH[1]} s=${BASH_REMATCH[2]}
+  elif [[ $t =~ ^([0-9]+)$ ]]; then
+    s=${BASH_REMATCH[1]}
+  else
+    return 0
+  fi
+  echo $((10#$d * 86400 + 10#$h * 3600 + 10#$m * 60 + 10#$s))
+}
+
+job_field() { # job_field NAME: a field of `scontrol show job -o` for this job
+  local info
+  info=$(scontrol show job -o "${SLURM_JOB_ID}" 2>/dev/null) || return 0
+  [[ " $info " =~ [[:space:]]$1=([^[:space:]]*) ]] && printf '%s' "${BASH_REMATCH[1]}"
+  return 0
+}
+
+recipe_opt() { # recipe_opt NAME: the value of `#SBATCH --NAME=VALUE` in the recipe (dry runs)
+  local line word value=""
+  [ -n "${RECIPE}" ] && [ -r "${RECIPE}" ] || return 0
+  while IFS= read -r line; do
+    [[ $line == "#SBATCH"* ]] || continue
+    for word in ${line#\#SBATCH}; do
+      [[ $word == "--$1="* ]] && value=${word#--"$1"=}
+    done
+  done <"${RECIPE}"
+  printf '%s' "${value}"
+}
+
+count_gpus() { # "4", "a100:4" or "gpu:a100:4" -> 4; a device list "0,1,2" -> 3
+  local v=$1
+  if [[ $v =~ ^([^:]*:)*([0-9]+)$ ]]; then
+    echo "${BASH_REMATCH[2]}"
+  elif [ -n "$v" ] && [ "$v" != NoDevFiles ]; then
+    local -a ids
+    IFS=, read -r -a ids <<<"$v"
+    echo "${#ids[@]}"
+  fi
+}
+
+python_bin() {
+  if [ -n "${IMGTRAIN_PYTHON:-}" ]; then
+    printf '%s' "${IMGTRAIN_PYTHON}"
+  elif [ -x "$REPO/.venv/bin/python" ]; then
+    printf '%s' "$REPO/.venv/bin/python"
+  else
+    printf '%s' python3
+  fi
+}
+
+# PY: the command that starts Python (host, or inside the container with BINDS)
+set_python() {
+  if [ -n "${IMGTRAIN_SIF:-}" ]; then
+    PY=(apptainer exec --nv --bind "${BINDS}" --pwd "$REPO" "${IMGTRAIN_SIF}" python)
+  else
+    PY=("$(python_bin)")
+  fi
+}
+
+# BINDS for the container: the repository, the run root (created by the real run) and those of the
+# other paths that exist (files are bound as files: a weights file must not bind its whole directory)
+set_binds() { # set_binds RUN_ROOT PATH...
+  local p seen=",$REPO,"
+  BINDS=$REPO
+  if [ -n "$1" ] && [[ $seen != *",$1,"* ]]; then
+    BINDS+=",$1"
+    seen+="$1,"
+  fi
+  shift
+  for p in "$@"; do
+    if [ -z "$p" ] || [ ! -e "$p" ]; then continue; fi
+    [[ $seen == *",$p,"* ]] && continue
+    seen+="$p,"
+    BINDS+=",$p"
+  done
+}
+
+# ----------------------------------------------------------------------------- signals
+GOT_USR1=0
+GOT_TERM=0
+TERM_KIND=""   # slurm (SLURM requeues the job itself) | timelimit | cancel
+REQUEUED=0
+CHILD_PID=""   # srun (training) or the pack command's process group
+CHILD_SIGNAL=USR1
+FORWARDER=""
+
+# shellcheck disable=SC2317  # reached from the signal traps
+forward_stop() {
+  [ -n "${CHILD_PID}" ] || return 0
+  if [ "${CHILD_SIGNAL}" = TERM ]; then
+    kill -TERM -- "-${CHILD_PID}" 2>/dev/null || kill -TERM "${CHILD_PID}" 2>/dev/null
+  else
+    # srun passes it to every process of the step: the workers act on it, torchrun ignores it
+    kill -USR1 "${CHILD_PID}" 2>/dev/null
+  fi
+  if [ -z "${FORWARDER}" ] && [ "${CHILD_SIGNAL}" = USR1 ]; then
+    # a worker still importing has not installed its handler yet (USR1 is ignored until then)
+    (
+      while sleep "${IMGTRAIN_RESEND_S:-10}"; do
+        kill -USR1 "${CHILD_PID}" 2>/dev/null || exit 0
+      done
+    ) &
+    FORWARDER=$!
+  fi
+  return 0
+}
+
+# shellcheck disable=SC2317  # reached from the TERM trap
+classify_term() { # why did SLURM send TERM? (asked at once: the job record changes soon)
+  local restarts used limit
+  restarts=$(job_field Restarts)
+  if [ -n "${restarts}" ] && [ "${restarts}" -gt "${SLURM_RESTART_COUNT:-0}" ]; then
+    TERM_KIND=slurm
+    return
+  fi
+  used=$(to_seconds "$(job_field RunTime)")
+  limit=$(to_seconds "$(job_field TimeLimit)")
+  if [ -n "${used}" ] && [ -n "${limit}" ] && [ $((used + 10)) -ge "${limit}" ]; then
+    TERM_KIND=timelimit
+  else
+    TERM_KIND=cancel
+  fi
+}
+
+# shellcheck disable=SC2317  # the signal traps
+on_signal() {
+  local sig=$1
+  if [ "${REQUEUED}" = 1 ]; then
+    exit 0 # the TERM that follows our own `scontrol requeue`
+  fi
+  if [ "$sig" = TERM ]; then
+    [ "${GOT_TERM}" = 1 ] || classify_term
+    GOT_TERM=1
+  else
+    GOT_USR1=1
+  fi
+  if [ -n "${CHILD_PID}" ]; then
+    log "received SIG${sig}${TERM_KIND:+ (${TERM_KIND})}: stopping the workers at their next step (they write last.pt)"
+    forward_stop
+  else
+    log "received SIG${sig}${TERM_KIND:+ (${TERM_KIND})} before the training step started"
+  fi
+}
+
+stop_kind() { # none | requeue | slurm | cancel
+  if [ "${GOT_TERM}" = 1 ]; then
+    case ${TERM_KIND} in
+      slurm) echo slurm ;;
+      timelimit) echo requeue ;;
+      *) echo cancel ;;
+    esac
+  elif [ "${GOT_USR1}" = 1 ]; then
+    echo requeue
+  else
+    echo none
+  fi
+}
+
+wait_child() { # wait for CHILD_PID through trapped signals; sets CHILD_RC
+  while kill -0 "${CHILD_PID}" 2>/dev/null; do
+    wait "${CHILD_PID}"
+  done
+  wait "${CHILD_PID}"
+  CHILD_RC=$?
+  if [ -n "${FORWARDER}" ]; then
+    kill "${FORWARDER}" 2>/dev/null
+    wait "${FORWARDER}" 2>/dev/null
+    FORWARDER=""
+  fi
+  CHILD_PID=""
+}
+
+requeue_self() { # requeue_self WHY
+  local target=${SLURM_JOB_ID}
+  if [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+    target=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} # only this task of the array
+  fi
+  command -v scontrol >/dev/null 2>&1 \
+    || die 1 "scontrol is not on PATH on $(hostname), so job ${target} cannot requeue itself; the checkpoint is" \
+             "saved: submit the same command again to resume"
+  log "requeue ${target} (scontrol requeue): $1"
+  REQUEUED=1
+  if ! scontrol requeue "${target}"; then
+    REQUEUED=0
+    die 1 "scontrol requeue ${target} failed (was the job submitted with --requeue?); submit the same command again to resume"
+  fi
+  exit 0
+}
+
+# ----------------------------------------------------------------------------- per node (srun task)
+main_node() {
+  # One srun task per node: torchrun with USR1 ignored (Python would die of it) so that only the
+  # workers, which install their own handler, act on it.
+  local got="" rc host
+  host=$(hostname)
+  trap 'got=${got:-USR1}' USR1
+  trap 'got=${got:-TERM}' TERM
+  log "node ${host}: $(quoted "$@")"
+  (
+    trap '' USR1
+    exec "$@"
+  ) &
+  CHILD_PID=$!
+  while kill -0 "${CHILD_PID}" 2>/dev/null; do
+    wait "${CHILD_PID}"
+  done
+  wait "${CHILD_PID}"
+  rc=$?
+  if [ "${rc}" != 0 ] && [ -n "${got}" ]; then
+    # torchrun reports the workers' exit 75 as a failure (1): that must not make srun
+    # (--kill-on-bad-exit) kill the other nodes while rank 0 is still writing; run.json tells
+    log "node ${host}: torchrun exited ${rc} after SIG${got} (the workers stopped); reporting 0 to srun"
+    exit 0
+  fi
+  log "node ${host}: torchrun exited ${rc}"
+  exit "${rc}"
+}
+
+# ----------------------------------------------------------------------------- resources
+resources() { # NNODES NPROC CPUS OMP HEAD PORT JOB (placeholders in a dry run outside SLURM)
+  local gpus
+  if [ -n "${SLURM_JOB_ID:-}" ]; then
+    JOB=${SLURM_JOB_ID}
+    NNODES=${SLURM_NNODES:-1}
+    CPUS=${SLURM_CPUS_PER_TASK:-1}
+    gpus=$(count_gpus "${SLURM_GPUS_ON_NODE:-}")
+    [ -n "${gpus}" ] && [ "${gpus}" != 0 ] || gpus=$(count_gpus "${CUDA_VISIBLE_DEVICES:-}")
+    HEAD=""
+    command -v scontrol >/dev/null 2>&1 && HEAD=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-}" 2>/dev/null | head -n 1)
+    HEAD=${HEAD:-${SLURMD_NODENAME:-$(hostname)}}
+    PORT=$((20000 + SLURM_JOB_ID % 20000))
+    SOURCE_NODES="SLURM_NNODES"
+    SOURCE_NPROC="the GPUs allocated on the node"
+  else
+    JOB=JOB_ID
+    NNODES=$(recipe_opt nodes)
+    NNODES=${NNODES:-1}
+    CPUS=$(recipe_opt cpus-per-task)
+    CPUS=${CPUS:-1}
+    gpus=$(count_gpus "$(recipe_opt gpus-per-node)")
+    [ -n "${gpus}" ] || gpus=$(count_gpus "$(recipe_opt gres)")
+    HEAD=FIRST_NODE
+    PORT=PORT
+    SOURCE_NODES="#SBATCH --nodes in ${RECIPE:-no recipe}; sbatch --nodes=N overrides it"
+    SOURCE_NPROC="#SBATCH --gpus-per-node in ${RECIPE:-no recipe}"
+  fi
+  if [ -n "${IMGTRAIN_NPROC:-}" ]; then
+    [[ ${IMGTRAIN_NPROC} =~ ^[1-9][0-9]*$ ]] || die 2 "IMGTRAIN_NPROC must be a positive integer, got '${IMGTRAIN_NPROC}'"
+    NPROC=${IMGTRAIN_NPROC}
+    SOURCE_NPROC="IMGTRAIN_NPROC"
+  elif [ -n "${gpus}" ] && [ "${gpus}" != 0 ]; then
+    NPROC=${gpus}
+  else
+    NPROC=1
+    SOURCE_NPROC="no GPUs: IMGTRAIN_NPROC sets it on CPU partitions"
+  fi
+  OMP=$((CPUS / NPROC))
+  [ "${OMP}" -ge 1 ] || OMP=1
+}
+
+# what `python -m imgtrain.launch paths/check` prints
+KV_run_id="" KV_run_dir="" KV_status="" KV_attempts=0 KV_max_attempts=5 KV_data_path="" KV_output_root=""
+KV_pretrained_path=""
+read_kv() { # read_kv TEXT: key=value lines -> KV_<key> variables
+  local line key
+  while IFS= read -r line; do
+    [[ $line == *=* ]] || continue
+    key=${line%%=*}
+    [[ $key =~ ^[a-z_]+$ ]] || continue
+    printf -v "KV_${key}" '%s' "${line#*=}"
+  done <<<"$1"
+}
+
+# ----------------------------------------------------------------------------- training job
+main_train() {
+  local out rc
+  cd "$REPO" || die 2 "cannot cd to ${REPO}"
+  [ -n "${CONFIG}" ] || die 2 "no --config given"
+  [ -f "${CONFIG}" ] || die 2 "config ${CONFIG} not found (relative paths are relative to the repository root ${REPO})"
+  if [ "${DRY_RUN}" != 1 ]; then
+    [ -n "${SLURM_JOB_ID:-}" ] || die 2 "not inside a SLURM job: submit the recipe with sbatch, or set IMGTRAIN_DRY_RUN=1 to see what would run"
+    command -v srun >/dev/null 2>&1 || die 2 "srun is not on PATH on $(hostname)"
+    trap 'on_signal USR1' USR1
+    trap 'on_signal TERM' TERM
+  fi
+  resources
+  local err_log="" out_log=""
+  if [ "${DRY_RUN}" != 1 ]; then
+    out_log=$(job_field StdOut)
+    err_log=$(job_field StdErr)
+    log "job ${JOB} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-$(hostname)}: ${NNODES} node(s) x ${NPROC} process(es), ${CPUS} CPUs per node; config ${CONFIG}; repository ${REPO}"
+  fi
+
+  # where the run reads and writes: the container binds them (resolved inside the image itself)
+  BINDS=$REPO
+  if [ -n "${IMGTRAIN_SIF:-}" ] && [ "${DRY_RUN}" != 1 ]; then
+    command -v apptainer >/dev/null 2>&1 || die 2 "IMGTRAIN_SIF is set but apptainer is not on PATH on $(hostname)"
+    [ -f "${IMGTRAIN_SIF}" ] || die 2 "IMGTRAIN_SIF=${IMGTRAIN_SIF}: no such image"
+    out=$(apptainer exec --bind "$REPO" --pwd "$REPO" "${IMGTRAIN_SIF}" python -m imgtrain.launch paths --config "${CONFIG}" "${OVERRIDES[@]}") \
+      || die 2 "config error (above); not starting, not requeueing"
+    read_kv "${out}"
+    mkdir -p "${KV_output_root}" || die 2 "cannot create the run root ${KV_output_root}"
+    set_binds "${KV_output_root}" "${KV_data_path}" "${KV_pretrained_path}"
+  fi
+  set_python
+
+  # the check: config keys and types, data set, model name, weights file, DONE/FAILED
+  local -a check=("${PY[@]}")
+  [ "${DRY_RUN}" = 1 ] && check=("$(python_bin)")
+  check+=(-m imgtrain.launch check --config "${CONFIG}" "${OVERRIDES[@]}")
+  [ -n "${out_log}" ] && check+=(--link-log "${out_log}")
+  [ -n "${err_log}" ] && [ "${err_log}" != "${out_log}" ] && check+=(--link-log "${err_log}")
+  out=$("${check[@]}")
+  rc=$?
+  read_kv "${out}"
+  case ${rc} in
+    0) ;;
+    2) die 2 "config check failed (above): not starting, not requeueing" ;;
+    10) log "run ${KV_run_id:-?} is DONE (${KV_run_dir:-?}): nothing to do"; exit 0 ;;
+    11) err "run ${KV_run_id:-?} is FAILED and this job has no attempts left: see ${KV_run_dir:-?}/FAILED"; exit 1 ;;
+    *) die 1 "the check itself failed (exit ${rc}, above)" ;;
+  esac
+  if [ -n "${IMGTRAIN_SIF:-}" ] && [ "${DRY_RUN}" = 1 ]; then
+    set_binds "${KV_output_root}" "${KV_data_path}" "${KV_pretrained_path}"
+    set_python
+  fi
+
+  local -a torchrun=("${PY[@]}" -m torch.distributed.run --nnodes="${NNODES}" --nproc_per_node="${NPROC}"
+    --rdzv_backend=c10d --rdzv_endpoint="${HEAD}:${PORT}" --rdzv_id="${JOB}" --max_restarts=0
+    "$REPO/jobs/train.py" --config "${CONFIG}" "${OVERRIDES[@]}")
+  local -a step=(srun --nodes="${NNODES}" --ntasks="${NNODES}" --ntasks-per-node=1 --kill-on-bad-exit=1
+    --cpus-per-task="${CPUS}" bash "${SELF}" --node "${torchrun[@]}")
+
+  if [ "${DRY_RUN}" = 1 ]; then
+    local outp errp
+    outp=$(recipe_opt output)
+    errp=$(recipe_opt error)
+    echo "imgtrain launch, dry run: nothing is started"
+    echo "  repository   ${REPO}"
+    echo "  config       ${CONFIG}${OVERRIDES[*]:+ $(quoted "${OVERRIDES[@]}")}"
+    echo "  run          ${KV_run_id} (${KV_status}, ${KV_attempts} attempt(s) so far; trainer.max_attempts=${KV_max_attempts})"
+    echo "  run dir      ${KV_run_dir}"
+    echo "  data         ${KV_data_path}"
+    echo "  nodes        ${NNODES} (${SOURCE_NODES})"
+    echo "  procs/node   ${NPROC} (${SOURCE_NPROC}); world size $((NNODES * NPROC)); OMP_NUM_THREADS=${OMP} (${CPUS} CPUs per task / ${NPROC})"
+    echo "  rendezvous   c10d at ${HEAD}:${PORT} (first node of \`scontrol show hostnames\`, port 20000 + job id % 20000)"
+    echo "  logs         ${outp:-slurm-JOB_ID.out}${errp:+ and ${errp}} (#SBATCH --output/--error, relative to the submit directory), linked into ${KV_run_dir}/logs/"
+    if [ -n "${IMGTRAIN_SIF:-}" ]; then
+      echo "  container    ${IMGTRAIN_SIF}: apptainer exec --nv --bind ${BINDS}$(command -v apptainer >/dev/null 2>&1 || printf ' (apptainer is not installed here)')"
+    else
+      echo "  container    none (IMGTRAIN_SIF=path.sif runs every step in Apptainer)"
+    fi
+    echo "  signals      USR1/TERM -> the workers write last.pt and exit 75 -> scontrol requeue ${JOB}; failures: requeue until trainer.max_attempts, then FAILED"
+    echo "the batch script runs:"
+    echo "  OMP_NUM_THREADS=${OMP} $(quoted "${step[@]}")"
+    exit 0
+  fi
+
+  export OMP_NUM_THREADS=${OMP}
+  export PYTHONUNBUFFERED=1
+  log "run ${KV_run_id} (${KV_status}, ${KV_attempts} attempt(s) so far) -> ${KV_run_dir}"
+  if [ "${GOT_TERM}" = 0 ]; then
+    log "start: $(quoted "${step[@]}")"
+    "${step[@]}" &
+    CHILD_PID=$!
+    if [ "${GOT_USR1}" = 1 ]; then
+      # USR1 came during the check: train anyway and stop after the first step, so that every
+      # attempt makes progress (a time limit shorter than the --signal offset cannot loop forever)
+      forward_stop
+    fi
+    wait_child
+    log "training step exited ${CHILD_RC}"
+  else
+    CHILD_RC=0 # TERM during the check: the job is going away, start nothing
+  fi
+
+  local decision kind
+  kind=$(stop_kind)
+  decision=$("${PY[@]}" -m imgtrain.launch decide --run-dir "${KV_run_dir}" --job-id "${SLURM_JOB_ID}" \
+    --attempts-before "${KV_attempts}" --exit "${CHILD_RC}" --stop "${kind}" \
+    --max-attempts "${KV_max_attempts}" --err-log "${err_log}" --world-size $((NNODES * NPROC)))
+  rc=$?
+  [ "${rc}" = 0 ] || die 1 "deciding what to do after the step failed (exit ${rc}, above)"
+  case ${decision} in
+    done) log "run ${KV_run_id} is DONE"; exit 0 ;;
+    requeue) requeue_self "the next attempt resumes from last.pt" ;;
+    retry) requeue_self "after a failed attempt (trainer.max_attempts=${KV_max_attempts} failed attempts per job)" ;;
+    failed)
+      err "run ${KV_run_id} FAILED (trainer.max_attempts=${KV_max_attempts}): see ${KV_run_dir}/FAILED"
+      exit 1 ;;
+    slurm) log "SLURM requeues this job itself; the next attempt resumes from last.pt"; exit 0 ;;
+    cancelled) log "cancelled: last.pt is written; submit the same command again to resume"; exit 0 ;;
+    *) die 1 "unexpected decision '${decision}'" ;;
+  esac
+}
+
+# ----------------------------------------------------------------------------- shard packing
+main_pack() {
+  # python -m shards pack KIND SRC OUT [options]; resumable, so a stop just requeues
+  local -a args=("$@")
+  [ "${#args[@]}" -ge 3 ] || die 2 "usage: sbatch slurm/pack_shards.sbatch KIND SRC OUT [pack options]"
+  cd "$REPO" || die 2 "cannot cd to ${REPO}"
+  local arg has_workers=0 src=${args[1]} dst=${args[2]}
+  for arg in "${args[@]}"; do
+    [[ $arg == --workers || $arg == --workers=* ]] && has_workers=1
+  done
+  if [ "${has_workers}" = 0 ]; then
+    local cpus=${SLURM_CPUS_PER_TASK:-$(recipe_opt cpus-per-task)}
+    args+=(--workers "${cpus:-1}")
+  fi
+  BINDS=$REPO
+  if [ -n "${IMGTRAIN_SIF:-}" ]; then
+    set_binds "$(realpath -m "${dst}")" "$(realpath -m "${src}")"
+    [ "${DRY_RUN}" = 1 ] || mkdir -p "${dst}" || die 2 "cannot create ${dst}"
+  fi
+  set_python
+  local -a cmd=("${PY[@]}" -m shards pack "${args[@]}")
+  if [ "${DRY_RUN}" = 1 ]; then
+    echo "imgtrain pack, dry run: nothing is started"
+    echo "  $(quoted "${cmd[@]}")"
+    exit 0
+  fi
+  [ -n "${SLURM_JOB_ID:-}" ] || die 2 "not inside a SLURM job: submit with sbatch (or run the command above yourself)"
+  trap 'on_signal USR1' USR1
+  trap 'on_signal TERM' TERM
+  CHILD_SIGNAL=TERM # the packer stops on TERM; its own process group takes its workers along
+  log "job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}): $(quoted "${cmd[@]}")"
+  setsid "${cmd[@]}" &
+  CHILD_PID=$!
+  wait_child
+  case $(stop_kind) in
+    requeue) requeue_self "packing resumes where it stopped" ;;
+    slurm) log "SLURM requeues this job itself; packing resumes"; exit 0 ;;
+    cancel) log "cancelled; the same command resumes the packing"; exit 0 ;;
+    *) log "pack exited ${CHILD_RC}"; exit "${CHILD_RC}" ;;
+  esac
+}
+
+# ----------------------------------------------------------------------------- arguments
+CONFIG=""
+RECIPE=""
+DRY_RUN=${IMGTRAIN_DRY_RUN:-0}
+[ "${DRY_RUN}" = 1 ] || DRY_RUN=0
+MODE=train
+OVERRIDES=()
+while [ "$#" -gt 0 ]; do
+  case $1 in
+    --node) MODE=node; shift; break ;;
+    --pack) MODE=pack; shift; break ;;
+    --config) [ "$#" -ge 2 ] || die 2 "--config needs a file"; CONFIG=$2; shift 2 ;;
+    --config=*) CONFIG=${1#--config=}; shift ;;
+    --recipe) [ "$#" -ge 2 ] || die 2 "--recipe needs a file"; RECIPE=$2; shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    --) shift; OVERRIDES+=("$@"); break ;;
+    -*) die 2 "unknown option $1 (overrides are key=value; see bash slurm/launch.sh --help)" ;;
+    *) OVERRIDES+=("$1"); shift ;;
+  esac
+done
+
+case ${MODE} in
+  node) main_node "$@" ;;
+  pack) main_pack "$@" ;;
+  *) main_train ;;
+esac

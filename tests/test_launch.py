@@ -1,0 +1,192 @@
+"""imgtrain.launch (the Python half of slurm/launch.sh) without a cluster: the requeue/FAILED
+decision on hand-made run directories, `check`, and the recipe configs in jobs/configs/."""
+import json
+import os
+from unittest import mock
+
+import pytest
+
+from conftest import ROOT
+from imgtrain import config as C
+from imgtrain import launch
+from imgtrain.logs.runinfo import end_attempt, read_run, read_status, start_attempt
+
+RECIPE_CONFIGS = ["ava_vit", "cifar10_convmixer", "cifar100_vit_finetune", "clipart_vgg19"]
+
+
+def attempt(rdir, job, status, exit_code, reason=None):
+    """Record an attempt as the engine does, inside SLURM job `job`."""
+    with mock.patch.dict(os.environ, {"SLURM_JOB_ID": str(job)}):
+        n = start_attempt(rdir, run_id=rdir.name, world_size=1)
+    if status != "running":
+        end_attempt(rdir, n, status=status, exit_code=exit_code, reason=reason)
+    return n
+
+
+def decide(rdir, **kw):
+    kw.setdefault("job_id", "7")
+    kw.setdefault("attempts_before", len((read_run(rdir) or {}).get("attempts", [])) - 1)
+    kw.setdefault("exit_code", 1)
+    kw.setdefault("max_attempts", 2)
+    return launch.decide(rdir, **kw)
+
+
+def test_done_run_is_done(tmp_path):
+    rdir = tmp_path / "r"
+    attempt(rdir, 7, "DONE", 0)
+    (rdir / "DONE").write_text("x\n")
+    assert decide(rdir, exit_code=0) == "done"
+
+
+def test_stopped_attempt_is_requeued_and_not_counted(tmp_path):
+    rdir = tmp_path / "r"
+    for _ in range(4):  # preemptions never use up the attempt budget
+        attempt(rdir, 7, "STOPPED", 75)
+        assert decide(rdir, exit_code=0, stop="requeue") == "requeue"
+    assert launch.failed_attempts(read_run(rdir), "7") == 0
+    # a worker signalled directly (the batch script saw nothing) is requeued too
+    attempt(rdir, 7, "STOPPED", 75)
+    assert decide(rdir, exit_code=1, stop="none") == "requeue"
+
+
+def test_stop_kinds(tmp_path):
+    rdir = tmp_path / "r"
+    attempt(rdir, 7, "STOPPED", 75)
+    assert decide(rdir, exit_code=0, stop="slurm") == "slurm"
+    assert decide(rdir, exit_code=0, stop="cancel") == "cancelled"
+    with pytest.raises(ValueError):
+        decide(rdir, stop="bogus")
+
+
+def test_killed_step_after_stop_is_recorded_as_stopped(tmp_path):
+    rdir = tmp_path / "r"
+    attempt(rdir, 7, "running", None)  # the trainer never recorded its end (killed)
+    assert decide(rdir, exit_code=137, stop="requeue") == "requeue"
+    last = read_run(rdir)["attempts"][-1]
+    assert last["status"] == "STOPPED" and last["exit"] == 137 and "stop signal" in last["reason"]
+
+
+def test_failures_requeue_until_max_attempts_then_failed(tmp_path):
+    rdir = tmp_path / "r"
+    err = tmp_path / "job.err"
+    err.write_text("".join(f"noise {i}\n" for i in range(100)) + "RuntimeError: disk on fire\n")
+    attempt(rdir, 7, "FAILED", 1, reason="RuntimeError: disk on fire")
+    (rdir / "FAILED").write_text("RuntimeError: disk on fire\n\nTraceback ...\n")  # the engine writes it
+    assert decide(rdir, err_log=str(err)) == "retry"
+    assert read_status(rdir) != "FAILED"  # cleared: the run goes on
+    attempt(rdir, 7, "FAILED", 1, reason="RuntimeError: disk on fire")
+    assert decide(rdir, err_log=str(err)) == "failed"
+    text = (rdir / "FAILED").read_text()
+    assert "FAILED after 2 failed attempt(s) of job 7 (trainer.max_attempts=2)" in text
+    assert "exited with status 1" in text and "RuntimeError: disk on fire" in text
+    assert "noise 99" in text and "noise 10\n" not in text  # the tail of the error log, not all of it
+    assert [a["status"] for a in read_run(rdir)["attempts"]] == ["FAILED", "FAILED"]
+
+
+def test_failures_are_counted_per_job(tmp_path):
+    rdir = tmp_path / "r"
+    attempt(rdir, 5, "FAILED", 1)
+    attempt(rdir, 5, "FAILED", 1)  # an earlier submission used its budget
+    attempt(rdir, 7, "FAILED", 1)
+    assert decide(rdir, job_id="7") == "retry"  # a new sbatch starts a fresh budget
+
+
+def test_step_that_died_before_training_gets_an_attempt(tmp_path):
+    rdir = tmp_path / "r"
+    rdir.mkdir()
+    # nothing recorded: an import error, a rendezvous failure, a missing container...
+    assert decide(rdir, attempts_before=0, exit_code=1, max_attempts=1) == "failed"
+    attempts = read_run(rdir)["attempts"]
+    assert len(attempts) == 1 and attempts[0]["status"] == "FAILED" and attempts[0]["exit"] == 1
+    assert attempts[0]["slurm"] is None or attempts[0]["slurm"]["job_id"]
+    assert "exited with status 1" in (rdir / "FAILED").read_text()
+
+
+def test_killed_step_without_signal_is_a_failure(tmp_path):
+    rdir = tmp_path / "r"
+    attempt(rdir, 7, "running", None)
+    assert decide(rdir, exit_code=137) == "retry"
+    last = read_run(rdir)["attempts"][-1]
+    assert last["status"] == "FAILED" and last["exit"] == 137
+
+
+def test_check_cli(digits_shards, tmp_path, capsys):
+    args = ["check", "--config", str(ROOT / "tests/configs/tiny_digits.yaml"), f"data.path={digits_shards}",
+            f"output.root={tmp_path}", "output.run=chk", "--job-id", "7"]
+    assert launch.main(args) == launch.CHECK_OK
+    out = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert out["run_dir"] == str(tmp_path / "runs/chk") and out["status"] == "NEW" and out["max_attempts"] == "5"
+    assert launch.main(args[:-3] + ["optim.lrr=1"]) == launch.CHECK_BAD_CONFIG
+    assert "unknown config key 'optim.lrr'" in capsys.readouterr().err
+    assert launch.main(args[:2] + [args[2], f"data.path={tmp_path}/nothing", *args[4:]]) == launch.CHECK_BAD_CONFIG
+    rdir = tmp_path / "runs/chk"
+    attempt(rdir, 7, "FAILED", 1)
+    attempt(rdir, 7, "FAILED", 1)
+    (rdir / "FAILED").write_text("boom\n")
+    assert launch.main(args + ["trainer.max_attempts=2"]) == launch.CHECK_FAILED  # no attempts left for job 7
+    assert launch.main(args[:-2] + ["--job-id", "8", "trainer.max_attempts=2"]) == launch.CHECK_OK  # new job
+    assert read_status(rdir) != "FAILED"
+    (rdir / "DONE").write_text("x\n")
+    assert launch.main(args) == launch.CHECK_DONE
+
+
+def test_paths_cli(tmp_path, capsys):
+    assert launch.main(["paths", "--config", str(ROOT / "jobs/configs/ava_vit.yaml"), "data.path=d",
+                        f"output.root={tmp_path}", "model.pretrained_path=/w/vit.safetensors"]) == 0
+    out = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert out == {"name": "ava_vit", "data_path": os.path.abspath("d"), "output_root": str(tmp_path),
+                   "pretrained_path": "/w/vit.safetensors"}
+
+
+# ------------------------------------------------------------------------------------ the recipe configs
+
+def first_comment_command(path):
+    lines = path.read_text().splitlines()
+    return next(line for line in lines if line.lstrip("# ").startswith("sbatch slurm/"))
+
+
+@pytest.mark.parametrize("name", RECIPE_CONFIGS)
+def test_recipe_config_dry_run(name, digits_shards, tmp_path, capsys):
+    """Each config starts with the command that launches it and passes --dry-run (the CLI's own
+    code path) with a data set of its task and a weights file."""
+    from imgtrain.engine.trainer import main
+    path = ROOT / "jobs/configs" / f"{name}.yaml"
+    assert path.read_text().startswith("#") and f"sbatch slurm/{name}.sbatch" in first_comment_command(path)
+    assert (ROOT / "slurm" / f"{name}.sbatch").is_file()
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    if name == "ava_vit":  # needs a score_distribution data set: the manifest's task is what preflight checks
+        data = tmp_path / "ava"
+        data.mkdir()
+        manifest = json.loads((digits_shards / "manifest.json").read_text())
+        manifest.update(task="score_distribution", bins=list(range(1, 11)))
+        (data / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        data = digits_shards
+    overrides = [f"data.path={data}", f"output.root={tmp_path}", f"model.pretrained_path={weights}"]
+    if name != "cifar10_convmixer":  # pretrained weights must be given
+        with pytest.raises(C.ConfigError, match="missing required value 'model.pretrained_path'"):
+            C.load(path, [f"data.path={data}"])
+    assert main(["--config", str(path), *overrides, "--dry-run"]) == 0, capsys.readouterr().err
+    assert f"run dir: {tmp_path}/runs/{name}-" in capsys.readouterr().out
+    # a tiny model passes as well (what the cluster tests train)
+    assert main(["--config", str(path), *overrides, "model.name=mlp", "model.pretrained_path=null",
+                 "--dry-run"]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ava_vit", "cifar100_vit_finetune", "clipart_vgg19", "cifar10_convmixer"])
+def test_recipe_config_builds_its_model(name):
+    """The real architecture of each recipe builds, and its transfer settings (re-initialised layers,
+    lr groups) match real parameter names."""
+    from imgtrain import models
+    cfg = C.load(ROOT / "jobs/configs" / f"{name}.yaml", ["model.pretrained_path=null"])
+    model = models.create_model(cfg.model, num_classes=10, in_chans=3, img_size=cfg.data.img_size)
+    models.apply_transfer(model, cfg.model)
+    groups = models.param_groups(model, cfg.optim, cfg.model)
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+    if name == "clipart_vgg19":
+        scale = {n: g["lr_scale"] for g in groups for n in g["param_names"]}
+        assert scale["features.0.weight"] == 1.0 and scale["features.5.weight"] == 0.1
+        assert scale["features.16.weight"] == 0.1 and scale["features.34.weight"] == 0.3
+        assert scale["head.fc.weight"] == 1.0 and cfg.trainer.patience == 3
