@@ -3,6 +3,7 @@ what the batch script does after the training step ends (DESIGN §5).
 
     python -m imgtrain.launch paths  --config FILE [key=value ...]
     python -m imgtrain.launch check  --config FILE [key=value ...] [--job-id ID] [--link-log PATH ...]
+                                     [--skip-preflight]
     python -m imgtrain.launch decide --run-dir DIR --job-id ID --attempts-before N --exit RC
                                      [--stop none|requeue|slurm|cancel] [--max-attempts N] [--err-log PATH]
 
@@ -111,29 +112,39 @@ def _link_logs(rdir: Path, paths: Sequence[str], job_id: Optional[str]) -> None:
             _say(f"cannot link {p} into {logs}: {e}")
 
 
+def run_id_and_dir(cfg: C.Config) -> tuple[str, Path]:
+    """The engine's run id and run directory (trainer.run_id_for, run_dir_for; a test keeps them
+    equal) without importing torch: a DONE run is recognised in a fraction of a second."""
+    run_id = cfg.output.run or f"{cfg.name}-{C.config_hash(cfg)[:8]}"
+    return run_id, (resolve_root(cfg.output.root) / "runs" / run_id).resolve()
+
+
 def cmd_check(args) -> int:
     try:
         cfg = C.load(args.config, args.overrides)
     except C.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return CHECK_BAD_CONFIG
-    from imgtrain.engine.trainer import preflight, run_dir_for, run_id_for  # torch: only now
-    rdir = run_dir_for(cfg).resolve()
+    run_id, rdir = run_id_and_dir(cfg)
     info = read_run(rdir)
     status = read_status(rdir)
     attempts = len((info or {}).get("attempts", []))
     failures = failed_attempts(info, args.job_id)
-    _kv(run_id=run_id_for(cfg), run_dir=rdir, status=status, attempts=attempts, job_failures=failures,
+    _kv(run_id=run_id, run_dir=rdir, status=status, attempts=attempts, job_failures=failures,
         max_attempts=cfg.trainer.max_attempts, data_path=_abs(cfg.data.path),
         output_root=_abs(str(resolve_root(cfg.output.root))), pretrained_path=_abs(cfg.model.pretrained_path))
     if status == DONE:
-        _say(f"run {run_id_for(cfg)} is already DONE ({rdir}); nothing to do")
+        _say(f"run {run_id} is already DONE ({rdir}); nothing to do")
         return CHECK_DONE
     if status == FAILED and failures >= cfg.trainer.max_attempts:
-        _say(f"run {run_id_for(cfg)} is FAILED and job {args.job_id} has used its {cfg.trainer.max_attempts} "
+        _say(f"run {run_id} is FAILED and job {args.job_id} has used its {cfg.trainer.max_attempts} "
              f"attempts (trainer.max_attempts); not starting again. Reason:\n{failure_reason(rdir)}")
         return CHECK_FAILED
-    problems = preflight(cfg)
+    if args.skip_preflight:
+        problems = []
+    else:
+        from imgtrain.engine.trainer import preflight  # torch, timm: only now
+        problems = preflight(cfg)
     if problems:
         msg = "config check failed:\n  " + "\n  ".join(problems)
         print(msg, file=sys.stderr)
@@ -143,7 +154,7 @@ def cmd_check(args) -> int:
         return CHECK_BAD_CONFIG
     if status == FAILED:
         first = ((failure_reason(rdir) or "").splitlines() or [""])[0]
-        _say(f"run {run_id_for(cfg)} was FAILED ({first}); "
+        _say(f"run {run_id} was FAILED ({first}); "
              f"job {args.job_id} tries again ({failures} of {cfg.trainer.max_attempts} attempts failed so far)")
         clear_markers(rdir)
     _link_logs(rdir, args.link_log, args.job_id)
@@ -241,6 +252,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             s.add_argument("--job-id", default=os.environ.get("SLURM_JOB_ID"))
             s.add_argument("--link-log", action="append", default=[], metavar="PATH",
                            help="link this job log file into <run dir>/logs/")
+            s.add_argument("--skip-preflight", action="store_true",
+                           help="check keys and types only, not the data set, model name and weights file "
+                                "(a requeued attempt: they passed before, and a transient problem should be "
+                                "retried, not end the run)")
     s = sub.add_parser("decide")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--job-id", default=os.environ.get("SLURM_JOB_ID"))

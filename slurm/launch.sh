@@ -389,6 +389,9 @@ main_train() {
   local -a check=("${PY[@]}")
   [ "${DRY_RUN}" = 1 ] && check=("$(python_bin)")
   check+=(-m imgtrain.launch check --config "${CONFIG}" "${OVERRIDES[@]}")
+  if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
+    check+=(--skip-preflight) # the data, model and weights passed when the job first started
+  fi
   [ -n "${out_log}" ] && check+=(--link-log "${out_log}")
   [ -n "${err_log}" ] && [ "${err_log}" != "${out_log}" ] && check+=(--link-log "${err_log}")
   out=$("${check[@]}")

@@ -118,7 +118,10 @@ def test_check_cli(digits_shards, tmp_path, capsys):
     assert out["run_dir"] == str(tmp_path / "runs/chk") and out["status"] == "NEW" and out["max_attempts"] == "5"
     assert launch.main(args[:-3] + ["optim.lrr=1"]) == launch.CHECK_BAD_CONFIG
     assert "unknown config key 'optim.lrr'" in capsys.readouterr().err
-    assert launch.main(args[:2] + [args[2], f"data.path={tmp_path}/nothing", *args[4:]]) == launch.CHECK_BAD_CONFIG
+    missing = args[:2] + [args[2], f"data.path={tmp_path}/nothing", *args[4:]]
+    assert launch.main(missing) == launch.CHECK_BAD_CONFIG
+    capsys.readouterr()
+    assert launch.main(missing + ["--skip-preflight"]) == launch.CHECK_OK  # a requeued attempt: keys only
     rdir = tmp_path / "runs/chk"
     attempt(rdir, 7, "FAILED", 1)
     attempt(rdir, 7, "FAILED", 1)
@@ -128,6 +131,14 @@ def test_check_cli(digits_shards, tmp_path, capsys):
     assert read_status(rdir) != "FAILED"
     (rdir / "DONE").write_text("x\n")
     assert launch.main(args) == launch.CHECK_DONE
+
+
+@pytest.mark.parametrize("overrides", [[], ["output.run=mine"], ["optim.lr=0.5", "output.root=/x/y"]])
+def test_check_finds_the_engines_run_dir(overrides, monkeypatch, tmp_path):
+    from imgtrain.engine.trainer import run_dir_for, run_id_for
+    monkeypatch.chdir(tmp_path)
+    cfg = C.load(ROOT / "jobs/configs/ava_vit.yaml", ["model.pretrained_path=w", *overrides])
+    assert launch.run_id_and_dir(cfg) == (run_id_for(cfg), run_dir_for(cfg).resolve())
 
 
 def test_paths_cli(tmp_path, capsys):
