@@ -42,7 +42,6 @@ import os
 import pickle
 import sys
 import time
-import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,8 +50,8 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
-from imgtrain.logs import (MetricWriter, atomic_write_bytes, atomic_write_text, end_attempt, mark_done,
-                           mark_failed, read_run, read_status, start_attempt, write_summary)
+from imgtrain.logs import (MetricWriter, atomic_write_bytes, atomic_write_text, end_attempt, mark_done, mark_failed,
+                           record_failure, read_run, read_status, start_attempt, write_summary)
 
 DETECTORS = ("sift", "orb", "kaze")
 CLASSIFIERS = ("linear", "rbf", "rf")
@@ -600,9 +599,7 @@ def _run_cell(cell: _Cell, p: BowParams, classes: list[str], feats: dict, hist: 
         end_attempt(rdir, attempt, status="DONE", exit_code=0)
     except Exception as e:
         writer.flush()
-        reason = f"{type(e).__name__}: {e}"
-        end_attempt(rdir, attempt, status="FAILED", exit_code=1, reason=reason)
-        mark_failed(rdir, reason + "\n\n" + traceback.format_exc())
+        reason = record_failure(rdir, attempt, e)
         return False, f"{cell.run_id}: FAILED: {reason}"
     parts = [f"{s} acc1 {d['metrics']['acc1']:.4f} f1 {d['metrics']['f1']:.4f}" for s, d in per_split.items()]
     return True, f"{cell.run_id}: train acc1 {train_acc:.4f} | " + " | ".join(parts) + f" ({wall_s:.1f}s)"

@@ -48,7 +48,6 @@ import os
 import struct
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -59,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgtrain.logs import (MetricWriter, atomic_write_bytes, atomic_write_text, clear_markers, end_attempt,
-                           mark_done, mark_failed, read_status, resolve_root, run_dir, start_attempt,
+                           mark_done, read_status, record_failure, resolve_root, run_dir, start_attempt,
                            write_summary)
 
 REQUEUE_EXIT_CODE = 75
@@ -524,10 +523,7 @@ def train(p: GanParams) -> int:
         return 0
     except BaseException as e:
         writer.close()
-        reason = f"{type(e).__name__}: {e}"
-        end_attempt(rdir, attempt, status="FAILED", exit_code=1, reason=reason)
-        if not isinstance(e, KeyboardInterrupt):
-            mark_failed(rdir, reason + "\n\n" + traceback.format_exc())
+        record_failure(rdir, attempt, e)
         raise
     finally:
         stop.uninstall()

@@ -16,7 +16,6 @@ import signal
 import socket
 import sys
 import time
-import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from imgtrain.engine.evaluate import evaluate
 from imgtrain.engine.optim import (build_optimizer, build_scheduler, current_lr, load_scheduler_state,
                                    scheduler_state)
 from imgtrain.engine.signals import REQUEUE_EXIT_CODE, StopRequest
-from imgtrain.logs import (MetricWriter, Progress, end_attempt, mark_done, mark_failed, read_status,
+from imgtrain.logs import (MetricWriter, Progress, end_attempt, mark_done, read_status, record_failure,
                            resolve_root, start_attempt, write_summary)
 from imgtrain.logs.atomic import atomic_write_text
 
@@ -119,10 +118,7 @@ def run(cfg: C.Config, env: dist.DistEnv, batch_source=None) -> RunResult:
         if trainer is not None:
             trainer.close()
         if env.is_main:
-            reason = f"{type(e).__name__}: {e}"
-            end_attempt(rdir, attempt, status="FAILED", exit_code=1, reason=reason)
-            if not isinstance(e, KeyboardInterrupt):
-                mark_failed(rdir, reason + "\n\n" + traceback.format_exc())
+            record_failure(rdir, attempt, e)
         raise
     finally:
         stop.uninstall()

@@ -225,6 +225,17 @@ def mark_failed(run_dir: str | os.PathLike, reason: str) -> None:
     atomic_write_text(run_dir / FAILED, f"{reason.rstrip()}\n")
 
 
+def record_failure(run_dir: str | os.PathLike, attempt: int, exc: BaseException) -> str:
+    """Close the attempt as FAILED and write the FAILED marker with the traceback (call inside `except`).
+    A KeyboardInterrupt ends the attempt but leaves no marker: nothing is wrong with the run."""
+    import traceback
+    reason = f"{type(exc).__name__}: {exc}"
+    end_attempt(run_dir, attempt, status="FAILED", exit_code=1, reason=reason)
+    if not isinstance(exc, KeyboardInterrupt):
+        mark_failed(run_dir, reason + "\n\n" + traceback.format_exc())
+    return reason
+
+
 def clear_markers(run_dir: str | os.PathLike) -> None:
     """Forget DONE/FAILED, e.g. before running a failed run again."""
     for name in (DONE, FAILED):
