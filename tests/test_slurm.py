@@ -341,7 +341,7 @@ def test_two_nodes_one_process_each_preempted_and_resumed(submitted, slurm_multi
     rdir = the_run_dir(tmp_path)
     assert (rdir / "DONE").exists()
     info = run_json(rdir)
-    assert info["world_size"] == 2 and info["hosts"] == ["node1"]  # rank 0's host
+    assert info["world_size"] == 2 and info["hosts"] == ["node1", "node2"]  # every rank's host
     attempts = info["attempts"]
     assert [(a["status"], a["exit"]) for a in attempts] == [("STOPPED", 75), ("DONE", 0)], attempts
     assert all(a["world_size"] == 2 and a["slurm"]["node_list"] == "node[1-2]" for a in attempts)

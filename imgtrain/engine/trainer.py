@@ -103,11 +103,13 @@ def run(cfg: C.Config, env: dist.DistEnv, batch_source=None) -> RunResult:
         if env.is_main:
             print(f"[imgtrain] run {run_id} is already DONE ({rdir}); nothing to do", flush=True)
         return RunResult(rdir, "DONE", 0)
+    # every rank's host (distinct, in rank order): run.json says where each attempt ran
+    hosts = list(dict.fromkeys(dist.gather_objects(env, socket.gethostname())))
     if env.is_main:
         rdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(rdir / "config.yaml", C.to_yaml(cfg))
         attempt = start_attempt(rdir, run_id=run_id, sweep=cfg.output.sweep, cell=cfg.output.cell,
-                                config_hash=C.config_hash(cfg), world_size=env.world, hosts=[socket.gethostname()])
+                                config_hash=C.config_hash(cfg), world_size=env.world, hosts=hosts)
     attempt = dist.broadcast_object(env, attempt if env.is_main else None)
     stop = StopRequest().install()
     trainer = None
