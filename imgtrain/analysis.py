@@ -5,15 +5,20 @@
     fig = plot_heatmap(board, "optim.name", "model.activation")
     result = analyze(root, sweep="s1")       # everything, written under <root>/analysis/s1/
 
-Metric rows come from `imgtrain.logs.read_metrics` (highest attempt wins per step). Reading thousands
-of small Parquet parts costs about a millisecond each, so `load_runs` can keep what it read in a cache
-directory (analyze() uses <out>/.cache): parts are never rewritten once closed, so a run whose part
-list, summary and config are unchanged is served from the cache and only changed runs are read again.
+Metric rows come from `imgtrain.logs.read_metrics` (highest attempt wins per step), only the columns
+the analysis uses. A finished run's parts are compacted into one file when it ends (a running run's
+every 16 parts), so a cold read is about one file per run; `load_runs` also keeps what it read in a
+cache directory (analyze() uses
+<out>/.cache): metric files are never rewritten once closed (a compaction writes a new name), so a
+run whose file list, summary and config are unchanged is served from the cache and only changed runs
+are read again.
 Plain functions over pyarrow tables; matplotlib through its Agg canvas (no pyplot state), no pandas.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import io
 import json
 import math
@@ -34,7 +39,8 @@ import pyarrow.parquet as pq
 from imgtrain.logs import (DONE, FAILED, INCOMPLETE, NEW, SCHEMA, UnreadablePartWarning, atomic_write_bytes,
                            iter_run_dirs, read_metrics)
 from imgtrain.logs.atomic import is_temp_name
-from imgtrain.logs.parquet import summary_row
+from imgtrain.logs.parquet import _plain, read_summary_row
+from imgtrain.logs.parquet import run_offsets as _run_offsets
 from imgtrain.logs.runinfo import is_run_dir
 
 PRUNED = "PRUNED"  # marker a sweep (successive halving) leaves in a cell it stopped; holds the reason
@@ -42,12 +48,14 @@ SPLITS = ("train", "val", "test")
 # directions of the metrics the tasks log; mirrors imgtrain.tasks.base.metric_mode, which imports torch
 _MIN_METRICS = {"loss", "emd", "mse", "mae"}
 _COUNTS = {"samples", "skipped", "dropped"}  # logged alongside metrics but not metrics to rank by
-_CACHE_VERSION = 2
-# the metrics table keeps its strings dictionary-encoded, as Parquet stores them: filtering 3 million
+_CACHE_VERSION = 3
+# the columns the analysis uses (sweep, attempt and time are not read: less to decode); read_metrics
+# gives all of them. The strings stay dictionary-encoded, as Parquet stores them: filtering 3 million
 # rows by split and metric then compares a handful of dictionary entries instead of every row
-_STRINGS = [f.name for f in SCHEMA if f.type == pa.string()]
-METRICS_SCHEMA = pa.schema([f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in _STRINGS else f
-                            for f in SCHEMA])
+METRIC_COLUMNS = ("run_id", "epoch", "step", "split", "metric", "value")
+_STRINGS = [f.name for f in SCHEMA if f.type == pa.string() and f.name in METRIC_COLUMNS]
+METRICS_SCHEMA = pa.schema([SCHEMA.field(c).with_type(pa.dictionary(pa.int32(), pa.string())) if c in _STRINGS
+                            else SCHEMA.field(c) for c in METRIC_COLUMNS])
 DEFAULT_PLOT_TOP = 20
 
 
@@ -72,7 +80,7 @@ class RunInfo:
 @dataclass
 class RunSet:
     """The runs of one analysis and their metric rows: read_metrics' table (deduplicated, sorted by
-    run_id, split, metric, step) with its string columns dictionary-encoded (METRICS_SCHEMA)."""
+    run_id, split, metric, step) narrowed to METRIC_COLUMNS, strings dictionary-encoded (METRICS_SCHEMA)."""
     root: Path
     runs: list[RunInfo]
     metrics: pa.Table
@@ -97,10 +105,11 @@ def _stat_key(path: Path) -> Optional[list[int]]:
 
 
 def _parts(run: Path) -> list[list]:
-    """[name, size] of each closed metrics part: a part is immutable, so this identifies its content."""
+    """[name, size, mtime] of each closed metric file: a closed file is never rewritten, so this
+    identifies its content (mtime too: a name a compaction freed could be used again)."""
     try:
         with os.scandir(run / "metrics") as it:
-            return sorted([e.name, e.stat().st_size] for e in it
+            return sorted([e.name, (st := e.stat()).st_size, st.st_mtime_ns] for e in it
                           if e.name.endswith(".parquet") and not is_temp_name(e.name))
     except (FileNotFoundError, NotADirectoryError):
         return []
@@ -135,19 +144,18 @@ def run_status(run: Path, names: Optional[set[str]] = None) -> tuple[str, Option
 
 
 def _read_summary(path: Path) -> dict:
-    with open(path, "rb") as f:
-        rows = pq.ParquetFile(pa.BufferReader(f.read())).read(use_threads=False).to_pylist()
-    if len(rows) != 1:
-        raise ValueError(f"{len(rows)} rows, expected 1")
-    return rows[0]
+    return read_summary_row(path.parent)  # its JSON copy when there is a valid one: 50x faster
 
 
 def _read_config(path: Path, run_id: str) -> dict:
+    """The cfg.* columns exactly as a summary spells them (summary_row's), from config.yaml."""
     import yaml
+
+    from imgtrain import config as C
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     data = yaml.load(path.read_text(), Loader=loader) or {}
-    return summary_row({"run_id": run_id}, data)  # the cfg.* columns exactly as a summary spells them
+    return {"run_id": run_id, **{f"cfg.{k}": _plain(v) for k, v in C.flatten(data).items()}}
 
 
 def _read_meta(run: Path, names: set[str]) -> tuple[Optional[list], Optional[dict], dict, list[str]]:
@@ -162,8 +170,13 @@ def _read_meta(run: Path, names: set[str]) -> tuple[Optional[list], Optional[dic
         except Exception as e:  # torn, foreign or half-written: report it, use what else there is
             notes.append(f"skipping unreadable {run / name}: {type(e).__name__}: {e}")
             continue
-        config = {k: v for k, v in row.items() if k.startswith("cfg.")}
-        summary = {k: v for k, v in row.items() if not k.startswith("cfg.")} if name == "summary.parquet" else None
+        config: dict[str, Any] = {}
+        summary: Optional[dict[str, Any]] = {} if name == "summary.parquet" else None
+        for k, v in row.items():  # one pass over a hundred keys, a thousand runs
+            if k.startswith("cfg."):
+                config[k] = v
+            elif summary is not None:
+                summary[k] = v
         return [name, *(_stat_key(run / name) or [])], summary, config, notes
     return None, None, {}, notes
 
@@ -173,19 +186,6 @@ def _read_sweep(run: Path) -> Optional[str]:
         return json.loads((run / "run.json").read_text()).get("sweep")
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def _run_offsets(table: pa.Table) -> dict[str, tuple[int, int]]:
-    """run_id -> (start, length) of its contiguous rows (read_metrics sorts by run_id first)."""
-    if table.num_rows == 0:
-        return {}
-    col = table["run_id"].combine_chunks()
-    enc = col if pa.types.is_dictionary(col.type) else pc.dictionary_encode(col)
-    codes = enc.indices.to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    ends = np.r_[starts[1:], len(codes)]
-    names = enc.dictionary.to_pylist()
-    return {names[codes[s]]: (int(s), int(e - s)) for s, e in zip(starts, ends)}
 
 
 class _Cache:
@@ -233,7 +233,25 @@ def load_runs(root: str | os.PathLike, sweep: Optional[str] = None, *,
     `sweep`, with their metric rows. Unreadable parts/summaries warn (UnreadablePartWarning) and are
     skipped; those warnings are also kept in `.warnings`. With `cache_dir`, unchanged runs come from
     the cache there and the cache is brought up to date."""
-    root = Path(root)
+    with _gc_paused():
+        return _load_runs(Path(root), sweep, cache_dir)
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Python's cycle collector off for a while: loading a thousand runs makes a few hundred thousand
+    objects (a dict per summary row, tables per file), none in a cycle, and the collector's passes
+    over them were a fifth of a cold load. Reference counting still frees everything."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _load_runs(root: Path, sweep: Optional[str], cache_dir: str | os.PathLike | None) -> RunSet:
     dirs = [d for d in iter_run_dirs(root) if is_run_dir(d)]  # FileNotFoundError for a missing root
     cache = _Cache(Path(cache_dir) if cache_dir is not None else None)
     entries: dict[str, dict] = {}
@@ -252,10 +270,10 @@ def load_runs(root: str | os.PathLike, sweep: Optional[str] = None, *,
     fresh, fresh_offsets = _read_fresh(root, misses, entries)
     for rid in hits:  # say again what reading a cached run said the first time
         for msg in entries[rid]["metrics_warnings"]:
-            warnings.warn(msg, UnreadablePartWarning, stacklevel=2)
+            warnings.warn(msg, UnreadablePartWarning, stacklevel=3)
     notes = [m for r in runs for key in ("meta_warnings", "metrics_warnings") for m in entries[r.run_id][key]]
     for msg in (m for r in runs for m in entries[r.run_id]["meta_warnings"]):
-        warnings.warn(msg, UnreadablePartWarning, stacklevel=2)
+        warnings.warn(msg, UnreadablePartWarning, stacklevel=3)
 
     # the runs' rows in run order: cached slices and freshly read ones
     pieces, offsets, start = [], {}, 0
@@ -314,7 +332,7 @@ def _read_fresh(root: Path, run_ids: list[str], entries: dict) -> tuple[pa.Table
         return METRICS_SCHEMA.empty_table(), {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnreadablePartWarning)
-        table = read_metrics(root, run_id=run_ids).cast(METRICS_SCHEMA)
+        table = read_metrics(root, run_id=run_ids, columns=METRIC_COLUMNS, dictionary=True)
     for rid in run_ids:
         entries[rid]["metrics_warnings"] = []
     for w in caught:
@@ -324,7 +342,7 @@ def _read_fresh(root: Path, run_ids: list[str], entries: dict) -> tuple[pa.Table
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         else:
             entries[rid]["metrics_warnings"].append(msg)
-            warnings.warn(msg, UnreadablePartWarning, stacklevel=3)
+            warnings.warn(msg, UnreadablePartWarning, stacklevel=4)
     return table, _run_offsets(table)
 
 
@@ -335,7 +353,7 @@ def _save_cache(cache: _Cache, entries: dict, metrics: pa.Table) -> None:
         cache.dir.mkdir(parents=True, exist_ok=True)
         cache.save(entries, metrics)
     except OSError as e:  # a read-only output tree still gets its analysis, just slower next time
-        warnings.warn(f"could not write the analysis cache in {cache.dir}: {e}", AnalysisWarning, stacklevel=3)
+        warnings.warn(f"could not write the analysis cache in {cache.dir}: {e}", AnalysisWarning, stacklevel=4)
 
 
 # ============================================================================ leaderboard
@@ -893,7 +911,7 @@ def analyze(root: str | os.PathLike, sweep: Optional[str] = None, out: str | os.
         heatmap = tuple(k[4:] if k.startswith("cfg.") else k for k in heatmap)
     caught: list = []
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _gc_paused():
             warnings.simplefilter("always")
             runs = load_runs(root, sweep, cache_dir=out / ".cache" if cache else None)
             timings["read"] = time.perf_counter() - t0

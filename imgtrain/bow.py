@@ -50,8 +50,8 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
-from imgtrain.logs import (MetricWriter, atomic_write_bytes, atomic_write_text, end_attempt, mark_done, mark_failed,
-                           record_failure, read_run, read_status, start_attempt, write_summary)
+from imgtrain.logs import (MetricWriter, atomic_write_bytes, atomic_write_text, compact_metrics, end_attempt, mark_done,
+                           mark_failed, record_failure, read_run, read_status, start_attempt, write_summary)
 
 DETECTORS = ("sift", "orb", "kaze")
 CLASSIFIERS = ("linear", "rbf", "rf")
@@ -597,6 +597,7 @@ def _run_cell(cell: _Cell, p: BowParams, classes: list[str], feats: dict, hist: 
         write_summary(rdir, summary, config=cfg)
         mark_done(rdir)
         end_attempt(rdir, attempt, status="DONE", exit_code=0)
+        compact_metrics(rdir, strict=False)  # one metrics file per finished run: trees read fast
     except Exception as e:
         writer.flush()
         reason = record_failure(rdir, attempt, e)

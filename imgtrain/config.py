@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +31,12 @@ class ConfigError(ValueError):
 def _volatile(default, **kw):
     """A field that does not change results (paths, workers, logging): left out of the hash."""
     return field(default=default, metadata={"volatile": True}, **kw)
+
+
+def _added(default, **kw):
+    """A key added after runs exist: left out of the hash while it holds its default, so adding it keeps
+    every existing config's hash (and run id, so earlier runs still resume). Use it for every new key."""
+    return field(default=default, metadata={"hash_if_set": True}, **kw)
 
 
 @dataclass
@@ -66,7 +73,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet18"  # any timm model or a local one (mlp, simple_cnn, convmixer)
+    name: str = "resnet18"  # any timm model or a local one (mlp, simple_cnn, convmixer, airbench)
     pretrained_path: Optional[str] = None  # local .pth/.safetensors; nothing downloads
     num_classes: Optional[int] = None  # default: from the data set manifest
     img_size: Optional[int] = None  # passed to models that take it (ViT)
@@ -84,6 +91,9 @@ class ModelConfig:
     # transfer learning
     freeze_backbone: bool = False  # linear probe: only the classifier trains
     unfreeze_last: int = 0  # with freeze_backbone: also train the last N blocks
+    # with freeze_backbone: the backbone trains from this epoch on (0-based; epochs before it train only the
+    # classifier, frozen BatchNorms in eval mode); every parameter is in the optimizer from the start
+    unfreeze_at_epoch: Optional[int] = _added(None)
     reinit: list[str] = field(default_factory=list)  # name patterns re-initialised after loading
     lr_groups: dict[str, float] = field(default_factory=dict)  # name pattern -> lr multiplier
     layer_decay: Optional[float] = None  # timm layer-wise lr decay
@@ -280,6 +290,7 @@ def _load_file(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[str,
 
 # --------------------------------------------------------------------------- schema and validation
 
+@functools.lru_cache(maxsize=None)  # type hints are slow to resolve and flatten() asks at every nested dict
 def _fields(cls) -> dict[str, tuple[Any, dataclasses.Field]]:
     hints = typing.get_type_hints(cls)
     return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
@@ -459,6 +470,9 @@ def _hashable(obj) -> dict:
         if f.metadata.get("volatile"):
             continue
         v = getattr(obj, f.name)
+        if f.metadata.get("hash_if_set") and v == (f.default if f.default_factory is dataclasses.MISSING
+                                                   else f.default_factory()):
+            continue
         out[f.name] = _hashable(v) if dataclasses.is_dataclass(v) else v
     return out
 

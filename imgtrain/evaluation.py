@@ -498,13 +498,16 @@ def confusion(result: EvalResult) -> np.ndarray:
 
 
 def per_class(result: EvalResult) -> list[dict]:
-    """Per data set class: samples, top-1, top-5, mean cross-entropy, and the class it is most often
-    mistaken for."""
+    """Per data set class: samples, top-1, top-5, mean cross-entropy, precision, recall and F1 (scikit-learn,
+    0 where undefined), and the class it is most often mistaken for."""
     logits, y, names = result.restricted, result.targets.astype(np.int64), result.class_names
     k = min(5, logits.shape[1])
     top = _topk(logits, k)
     nll = -log_softmax(logits)[np.arange(len(y)), y]
     cm = confusion(result)
+    from sklearn.metrics import precision_recall_fscore_support
+    prec, rec, f1s, _ = precision_recall_fscore_support(y, top[:, 0], labels=np.arange(len(names)),
+                                                        average=None, zero_division=0)
     rows = []
     for i, name in enumerate(names):
         mask = y == i
@@ -516,6 +519,7 @@ def per_class(result: EvalResult) -> list[dict]:
                      "top1": float((top[mask, 0] == i).mean()) if n else None,
                      "top5": float((top[mask] == i).any(axis=1).mean()) if n else None,  # top-min(5, K)
                      "loss": float(nll[mask].mean()) if n else None,
+                     "precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1s[i]),
                      "confused_with": names[j] if wrong[j] else "", "confused_count": int(wrong[j])})
     return rows
 

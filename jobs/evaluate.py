@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Evaluate a trained run (or a pretrained model) on a split: every metric of the task, the confusion
-matrix, per-class top-1/top-5 and cross-entropy, and one Parquet row per image for error analysis.
+matrix, per-class top-1/top-5, cross-entropy, precision, recall and F1, and one Parquet row per image
+for error analysis.
 
 examples:
   python jobs/evaluate.py runs/runs/digits-a0c02405                      # its test split, best.pt

@@ -3,9 +3,16 @@
 # torchrun (c10d rendezvous on the allocation's first node), preemption and requeue, attempt limit.
 #
 #   sbatch slurm/ava_vit.sbatch [key=value ...]                 what users type (see the recipes)
+#   sbatch slurm/train.sbatch CONFIG [key=value ...]            any jobs/configs/*.yaml
+#   sbatch --array=0-2 slurm/ava_vit.sbatch trainer.seed=%a     one run per array task (see below)
 #   IMGTRAIN_DRY_RUN=1 bash slurm/ava_vit.sbatch [key=value ...] print what would run, start nothing
 #   bash slurm/launch.sh --config FILE [--recipe FILE] [--dry-run] [key=value ...]
 #   bash slurm/launch.sh --pack KIND SRC OUT [pack options]     (slurm/pack_shards.sbatch)
+#
+# Arrays: `%a` in an override is replaced by the array task id (SLURM_ARRAY_TASK_ID), as in sbatch's
+# --output patterns, so each task trains its own run (its own config hash, run id and directory);
+# without %a every task would train the same run. A dry run shows task 0 (or $SLURM_ARRAY_TASK_ID).
+# A task stopped by a signal requeues only itself.
 #
 # Everything runs from the repository root (this script's parent directory), so relative paths in
 # the config and in overrides are relative to it. Under sbatch a recipe runs from a spool copy and
@@ -28,7 +35,9 @@
 #   IMGTRAIN_PYTHON     the Python to use (default <repo>/.venv/bin/python, else python3)
 #   IMGTRAIN_DRY_RUN=1  same as --dry-run
 #   IMGTRAIN_RESEND_S   while the workers stop, the stop signal is sent again every this many
-#                       seconds (default 10): a worker still starting up ignores it
+#                       seconds (default 10). A backstop: jobs/train.py keeps a signal from its
+#                       first milliseconds on, but one that comes while the interpreter itself
+#                       starts is lost (torchrun and its workers start with USR1 ignored)
 #
 # Signals (the recipes ask for --signal=B:USR1@<s> and --requeue):
 #   USR1 (SLURM's warning before the time limit, or `scancel --signal=USR1 --batch <job>`):
@@ -164,6 +173,7 @@ REQUEUED=0
 CHILD_PID=""   # srun (training) or the pack command's process group
 CHILD_SIGNAL=USR1
 FORWARDER=""
+STOPPING="stopping the workers at their next step (they write last.pt)"
 
 # shellcheck disable=SC2317  # reached from the signal traps
 forward_stop() {
@@ -175,7 +185,7 @@ forward_stop() {
     kill -USR1 "${CHILD_PID}" 2>/dev/null
   fi
   if [ -z "${FORWARDER}" ] && [ "${CHILD_SIGNAL}" = USR1 ]; then
-    # a worker still importing has not installed its handler yet (USR1 is ignored until then)
+    # a worker whose interpreter was still starting had USR1 ignored (jobs/train.py catches it soon after)
     (
       while sleep "${IMGTRAIN_RESEND_S:-10}"; do
         kill -USR1 "${CHILD_PID}" 2>/dev/null || exit 0
@@ -216,7 +226,7 @@ on_signal() {
     GOT_USR1=1
   fi
   if [ -n "${CHILD_PID}" ]; then
-    log "received SIG${sig}${TERM_KIND:+ (${TERM_KIND})}: stopping the workers at their next step (they write last.pt)"
+    log "received SIG${sig}${TERM_KIND:+ (${TERM_KIND})}: ${STOPPING}"
     forward_stop
   else
     log "received SIG${sig}${TERM_KIND:+ (${TERM_KIND})} before the training step started"
@@ -339,6 +349,21 @@ resources() { # NNODES NPROC CPUS OMP HEAD PORT JOB (placeholders in a dry run o
   [ "${OMP}" -ge 1 ] || OMP=1
 }
 
+ARRAY_NOTE=""
+expand_array_task() { # %a in OVERRIDES -> the array task id (task 0 in a dry run outside SLURM)
+  local i pattern=%a task=${SLURM_ARRAY_TASK_ID:-}
+  for i in "${!OVERRIDES[@]}"; do
+    [[ ${OVERRIDES[i]} == *"${pattern}"* ]] || continue
+    if [ -z "${task}" ]; then
+      [ "${DRY_RUN}" = 1 ] \
+        || die 2 "override '${OVERRIDES[i]}' holds %a (the array task id) but job ${SLURM_JOB_ID:-?} is not an array task: submit it with sbatch --array=..."
+      task=0
+    fi
+    OVERRIDES[i]=${OVERRIDES[i]//"${pattern}"/${task}}
+    ARRAY_NOTE="%a -> ${task} (SLURM_ARRAY_TASK_ID=${SLURM_ARRAY_TASK_ID:-unset, so task 0 is shown}); sbatch --array=0-N runs one run per task"
+  done
+}
+
 # what `python -m imgtrain.launch paths/check` prints
 KV_run_id="" KV_run_dir="" KV_status="" KV_attempts=0 KV_max_attempts=5 KV_data_path="" KV_output_root=""
 KV_pretrained_path=""
@@ -358,6 +383,7 @@ main_train() {
   cd "$REPO" || die 2 "cannot cd to ${REPO}"
   [ -n "${CONFIG}" ] || die 2 "no --config given"
   [ -f "${CONFIG}" ] || die 2 "config ${CONFIG} not found (relative paths are relative to the repository root ${REPO})"
+  expand_array_task
   if [ "${DRY_RUN}" != 1 ]; then
     [ -n "${SLURM_JOB_ID:-}" ] || die 2 "not inside a SLURM job: submit the recipe with sbatch, or set IMGTRAIN_DRY_RUN=1 to see what would run"
     command -v srun >/dev/null 2>&1 || die 2 "srun is not on PATH on $(hostname)"
@@ -369,7 +395,7 @@ main_train() {
   if [ "${DRY_RUN}" != 1 ]; then
     out_log=$(job_field StdOut)
     err_log=$(job_field StdErr)
-    log "job ${JOB} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-$(hostname)}: ${NNODES} node(s) x ${NPROC} process(es), ${CPUS} CPUs per node; config ${CONFIG}; repository ${REPO}"
+    log "job ${JOB} (${SLURM_ARRAY_JOB_ID:+array task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-}, }restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-$(hostname)}: ${NNODES} node(s) x ${NPROC} process(es), ${CPUS} CPUs per node; config ${CONFIG}; repository ${REPO}"
   fi
 
   # where the run reads and writes: the container binds them (resolved inside the image itself)
@@ -424,6 +450,7 @@ main_train() {
     echo "  config       ${CONFIG}${OVERRIDES[*]:+ $(quoted "${OVERRIDES[@]}")}"
     echo "  run          ${KV_run_id} (${KV_status}, ${KV_attempts} attempt(s) so far; trainer.max_attempts=${KV_max_attempts})"
     echo "  run dir      ${KV_run_dir}"
+    [ -z "${ARRAY_NOTE}" ] || echo "  array task   ${ARRAY_NOTE}"
     echo "  data         ${KV_data_path}"
     echo "  nodes        ${NNODES} (${SOURCE_NODES})"
     echo "  procs/node   ${NPROC} (${SOURCE_NPROC}); world size $((NNODES * NPROC)); OMP_NUM_THREADS=${OMP} (${CPUS} CPUs per task / ${NPROC})"
@@ -434,7 +461,7 @@ main_train() {
     else
       echo "  container    none (IMGTRAIN_SIF=path.sif runs every step in Apptainer)"
     fi
-    echo "  signals      USR1/TERM -> the workers write last.pt and exit 75 -> scontrol requeue ${JOB}; failures: requeue until trainer.max_attempts, then FAILED"
+    echo "  signals      USR1/TERM -> the workers write last.pt and exit 75 -> scontrol requeue ${JOB} (an array task: only that task); failures: requeue until trainer.max_attempts, then FAILED"
     echo "the batch script runs:"
     echo "  OMP_NUM_THREADS=${OMP} $(quoted "${step[@]}")"
     exit 0
@@ -507,7 +534,10 @@ main_pack() {
   [ -n "${SLURM_JOB_ID:-}" ] || die 2 "not inside a SLURM job: submit with sbatch (or run the command above yourself)"
   trap 'on_signal USR1' USR1
   trap 'on_signal TERM' TERM
+  # test hook (shards/writer.py stalls half-way through the shard it names): the first attempt only
+  [ "${SLURM_RESTART_COUNT:-0}" = 0 ] || unset IMGTRAIN_SHARDS_TEST_STALL
   CHILD_SIGNAL=TERM # the packer stops on TERM; its own process group takes its workers along
+  STOPPING="stopping the packer (finished shards are kept; a partial one is written again)"
   log "job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}): $(quoted "${cmd[@]}")"
   setsid "${cmd[@]}" &
   CHILD_PID=$!

@@ -70,7 +70,7 @@ def synthetic(synthetic_template, tmp_path) -> Path:
 
 def plain(table: pa.Table) -> pa.Table:
     """A metrics table with plain string columns, as read_metrics returns it."""
-    return table.cast(SCHEMA)
+    return table.cast(pa.schema([SCHEMA.field(c) for c in table.column_names]))
 
 
 def direct_best(root, split="val", metric="acc1", how="max") -> dict[str, float]:
@@ -104,6 +104,9 @@ def test_leaderboard_best_matches_direct_query_and_summaries(sweep_root, analyse
         assert row["test/acc1"] == pytest.approx(s["test/acc1"])
         assert row["wall_s"] == pytest.approx(s["wall_s"]) and row["img_per_s"] > 0
         assert "test/samples" not in row and "test/acc_class/0" not in row
+        # the trainer compacted the DONE run's parts (one per epoch, then the test rows) into one file
+        assert [p.name for p in (sweep_root / "runs" / row["run_id"] / "metrics").iterdir()] == [
+            "compact-a000-000000.parquet"]
 
 
 @pytest.mark.slow
@@ -198,8 +201,11 @@ def test_report_links_exist(analysed):
 @pytest.mark.slow
 def test_torn_part_still_analyses_with_a_warning(sweep_root, tmp_path):
     root = tmp_path / "root"
-    shutil.copytree(sweep_root / "runs" / "s1-lr05-relu", root / "runs" / "s1-lr05-relu")
-    part = sorted((root / "runs" / "s1-lr05-relu" / "metrics").glob("*.parquet"))[-1]
+    rdir = root / "runs" / "s1-lr05-relu"
+    shutil.copytree(sweep_root / "runs" / "s1-lr05-relu", rdir)
+    with MetricWriter(rdir, "s1-lr05-relu", "s1", attempt=1) as w:  # a resumed attempt's part (beside the
+        w.log("val", "acc1", 0.5, epoch=2, step=10**6)               # compacted file), torn by a crash
+    (part,) = (rdir / "metrics").glob("part-*.parquet")
     part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
     for attempt in range(2):  # the second analysis comes from the cache and must say so again
         with pytest.warns(UnreadablePartWarning, match=part.name):
@@ -288,7 +294,8 @@ def test_cache_reads_only_changed_runs_and_matches_a_fresh_read(synthetic, tmp_p
     assert cached.cache_hits == 18
     fresh = A.load_runs(synthetic)
     assert plain(cached.metrics).equals(plain(fresh.metrics)) and cached.offsets == fresh.offsets
-    assert plain(fresh.metrics).equals(read_metrics(synthetic))  # the cache changes nothing read_metrics says
+    # the cache changes nothing read_metrics says
+    assert plain(fresh.metrics).equals(read_metrics(synthetic, columns=A.METRIC_COLUMNS))
     board, fresh_board = A.leaderboard(cached), A.leaderboard(fresh)
     assert board.equals(fresh_board)
     assert board["run_id"][0].as_py() == "syn-00001" and board.num_rows == 19
@@ -327,6 +334,21 @@ def test_root_given_as_the_runs_dir(synthetic):
     assert first.out == synthetic / "runs" / "analysis"
     again = A.analyze(synthetic / "runs", plots=False)
     assert again.board.num_rows == 20 and again.runs.cache_hits == 20
+
+
+def test_config_yaml_flattens_as_a_summary_does(tmp_path):
+    import yaml
+
+    from imgtrain import config as C
+    from imgtrain.logs.parquet import summary_row
+    data = C.to_dict(C.load(CONFIG, ["data.path=/d", "model.kwargs={a: {b: 1}}", "dist.deepspeed={zero: {x: 2}}"]))
+    data["future"] = {"section": {"key": [1, 2]}}  # a config from another version
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    got = A._read_config(path, "r")
+    assert got == summary_row({"run_id": "r"}, data)  # free-form dicts stay values (as JSON), the rest is flattened
+    assert got["cfg.model.kwargs"] == '{"a": {"b": 1}}' and got["cfg.dist.deepspeed"] == '{"zero": {"x": 2}}'
+    assert got["cfg.future.section.key"] == "[1, 2]" and got["cfg.data.path"] == "/d"
 
 
 def test_run_without_metrics_or_summary(tmp_path):

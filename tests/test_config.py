@@ -152,6 +152,20 @@ def test_hash_stable_across_key_order_and_origin(tmp_path):
     assert C.config_hash(C.load(a, ["optim.lr=0.01"])) == ha
 
 
+def test_keys_added_later_keep_existing_hashes():
+    """A key added with config._added is out of the hash while at its default, so existing runs keep their
+    hash and run id (and still resume). The pinned value is this config's hash before model.unfreeze_at_epoch
+    existed: if it changes, a new key was added without _added (or the hash itself changed)."""
+    raw = {"name": "x", "data": {"path": "/d", "batch_size": 32}, "optim": {"lr": 0.01, "name": "sgd"}}
+    assert C.config_hash(C.from_dict(raw)) == "5550292311ae"
+    added = [f"{s}.{f.name}" for s, sec in C._fields(C.Config).items() if hasattr(sec[0], "__dataclass_fields__")
+             for f in C.dataclasses.fields(sec[0]) if f.metadata.get("hash_if_set")]
+    assert "model.unfreeze_at_epoch" in added
+    # set to a non-default value, an added key is part of the hash like any other
+    assert C.config_hash(C.from_dict(raw, overrides=["model.unfreeze_at_epoch=2"])) != "5550292311ae"
+    assert C.config_hash(C.from_dict(raw, overrides=["model.unfreeze_at_epoch=null"])) == "5550292311ae"
+
+
 def test_flatten_and_check_key():
     flat = C.flatten(C.Config())
     assert flat["optim.lr"] == 1e-3 and "model.kwargs" in flat and "data.path" in flat

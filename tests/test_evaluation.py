@@ -144,10 +144,20 @@ def test_evaluate_reproduces_the_runs_test_metrics(run, evaluated, digits_shards
     assert got["confusion_matrix"] == expected["confusion_matrix"]
     assert got["weights"] == "model" and got["checkpoint"].endswith("best.pt") and got["metrics"]["samples"] == 359
     assert f"test: loss {expected['metrics']['loss']:.4f} acc1 {expected['metrics']['acc1']:.4f}" in proc.stdout
-    # per-class table: top-1 equals the task's acc_class, top-5 >= top-1
+    # per-class table: top-1 equals the task's acc_class, top-5 >= top-1; precision/recall/F1 are scikit-learn's
+    # per-class report of the predictions, and their means the run's macro precision/recall/f1
+    from sklearn.metrics import precision_recall_fscore_support
+    preds = pq.read_table(out / "predictions.parquet")
+    p, r, f, _ = precision_recall_fscore_support(preds["label"].to_numpy(), preds["pred"].to_numpy(),
+                                                 labels=list(range(10)), zero_division=0)
     for row in got["per_class"]:
         assert row["top1"] == pytest.approx(expected["metrics"][f"acc_class/{row['class']}"])
         assert row["top5"] >= row["top1"] and row["samples"] == sum(expected["confusion_matrix"][row["class"]])
+        i = row["class"]
+        assert (row["precision"], row["recall"], row["f1"]) == pytest.approx((p[i], r[i], f[i]))
+    for k, v in (("precision", p), ("recall", r), ("f1", f)):
+        assert np.mean(v) == pytest.approx(expected["metrics"][k])
+    assert "precision" in (out / "per_class.csv").read_text().splitlines()[0]
 
     with Image.open(out / "confusion_matrix.png") as im:
         assert im.format == "PNG" and min(im.size) > 300

@@ -1,12 +1,17 @@
 """imgtrain.launch (the Python half of slurm/launch.sh) without a cluster: the requeue/FAILED
-decision on hand-made run directories, `check`, and the recipe configs in jobs/configs/."""
+decision on hand-made run directories, `check`, the recipe configs in jobs/configs/, and a stop signal
+that reaches a worker while it is still importing torch."""
 import json
 import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 from unittest import mock
 
 import pytest
 
-from conftest import ROOT
+from conftest import PY, ROOT
 from imgtrain import config as C
 from imgtrain import launch
 from imgtrain.logs.runinfo import end_attempt, read_run, read_status, start_attempt
@@ -147,6 +152,38 @@ def test_paths_cli(tmp_path, capsys):
     out = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
     assert out == {"name": "ava_vit", "data_path": os.path.abspath("d"), "output_root": str(tmp_path),
                    "pretrained_path": "/w/vit.safetensors"}
+
+
+# ------------------------------------------------------------------------------------ early signal
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler installed for `sig` (SigCgt in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (sig - 1) & 1)
+
+
+def test_usr1_while_the_worker_imports_torch_stops_after_the_first_step(digits_shards, tmp_path):
+    """jobs/train.py records a USR1 before its heavy imports (the default action would kill it; under
+    the launcher's torchrun it would be ignored); the trainer then trains one step, writes last.pt and
+    exits 75."""
+    cmd = [PY, ROOT / "jobs/train.py", "--config", ROOT / "tests/configs/tiny_digits.yaml",
+           f"data.path={digits_shards}", f"output.root={tmp_path}", "output.run=early"]
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 30
+    while not catches(proc.pid, signal.SIGUSR1):
+        assert proc.poll() is None and time.monotonic() < deadline, "jobs/train.py never caught USR1"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGUSR1)
+    importing = "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()
+    out, err = proc.communicate(timeout=120)
+    assert importing, "torch was already loaded when the signal was sent: nothing early was tested"
+    assert proc.returncode == 75, err[-3000:]
+    assert "stopped by SIGUSR1 at epoch 0 step 1;" in out, out
+    attempts = json.loads((tmp_path / "runs/early/run.json").read_text())["attempts"]
+    assert [(a["status"], a["exit"]) for a in attempts] == [("STOPPED", 75)]
+    assert (tmp_path / "runs/early/checkpoints/last.pt").exists()
 
 
 # ------------------------------------------------------------------------------------ the recipe configs

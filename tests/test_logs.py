@@ -26,6 +26,7 @@ from imgtrain.logs import (
     UnreadablePartWarning,
     atomic_write_text,
     clear_markers,
+    compact_metrics,
     end_attempt,
     failure_reason,
     mark_done,
@@ -34,6 +35,7 @@ from imgtrain.logs import (
     read_run,
     read_status,
     read_summaries,
+    read_summary_row,
     resolve_root,
     run_dir,
     start_attempt,
@@ -288,6 +290,196 @@ def test_scale_1000_runs(tmp_path):
     print(f"read_metrics 1000 runs x {n} rows: {elapsed:.2f}s")
 
 
+# --------------------------------------------------------------------------- compaction
+
+def _resumed_run(rdir):
+    """Two attempts, the second replaying steps, and a tie within one attempt across two parts."""
+    w0 = MetricWriter(rdir, "r1", "sw", 0)
+    for step in range(8):
+        w0.log_many("train", {"loss": 100 + step, "lr": 0.1}, epoch=step // 4, step=step)
+        if step % 3 == 2:
+            w0.flush()
+    w0.log("val", "acc1", 0.25, epoch=1, step=7)  # overwritten by the next part of the same attempt
+    w0.flush()
+    w0.log("val", "acc1", 0.5, epoch=1, step=7)
+    w0.close()
+    with MetricWriter(rdir, "r1", "sw", 1) as w1:  # resumed from step 5: replays 6, 7
+        for step in range(6, 10):
+            w1.log("train", "loss", 200 + step, epoch=step // 4, step=step)
+
+
+def test_compaction_keeps_exactly_what_the_reader_reads(tmp_path):
+    rdir = run_dir(tmp_path, "r1")
+    _resumed_run(rdir)
+    before = read_metrics(rdir)
+    assert len(part_names(rdir)) == 5
+    path = compact_metrics(rdir)
+    assert path.name == "compact-a001-000000.parquet" and part_names(rdir) == [path.name]
+    assert read_metrics(rdir).equals(before)
+    # any Parquet reader gets the contract's schema and the deduplicated rows, in read_metrics' order
+    direct = pq.read_table(path)
+    assert direct.schema.equals(SCHEMA) and direct.replace_schema_metadata(None).equals(before)
+    assert compact_metrics(rdir) is None and part_names(rdir) == [path.name]  # nothing left to merge
+    assert compact_metrics(run_dir(tmp_path, "never-logged")) is None
+
+
+def test_a_crash_between_compacting_and_removing_leaves_duplicates_the_reader_removes(tmp_path):
+    rdir = run_dir(tmp_path, "r1")
+    _resumed_run(rdir)
+    before = read_metrics(rdir)
+    saved = {n: (rdir / "metrics" / n).read_bytes() for n in part_names(rdir)}
+    compacted = compact_metrics(rdir).name
+    # what a crash leaves: the compacted file (written atomically first) beside the parts not yet removed,
+    # which are removed in read order, so always the newest ones; and possibly a torn temp file
+    (rdir / "metrics" / f".{compacted}.99-beef.tmp").write_bytes(b"PAR1 torn")
+    names = sorted(saved)
+    for left in (names, names[2:], names[-1:]):
+        for n in names:
+            (rdir / "metrics" / n).unlink(missing_ok=True)
+        for n in left:
+            (rdir / "metrics" / n).write_bytes(saved[n])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert read_metrics(rdir).equals(before), left
+    # compacting again finishes the job: one file, the same rows
+    again = compact_metrics(rdir)
+    assert part_names(rdir) == sorted([again.name, f".{compacted}.99-beef.tmp"]) and again.name != compacted
+    assert read_metrics(rdir).equals(before)
+
+
+def test_a_resumed_run_after_compaction(tmp_path):
+    """DONE removed by hand, the run resumed: a higher attempt's parts beside the compacted file."""
+    rdir = run_dir(tmp_path, "r1")
+    _resumed_run(rdir)
+    first = compact_metrics(rdir)
+    with MetricWriter(rdir, "r1", "sw", 2) as w:
+        w.log("train", "loss", -9.0, epoch=2, step=9)  # replays the last step
+        w.log("train", "loss", -10.0, epoch=2, step=10)
+    t = read_metrics(rdir)
+    loss = t.filter(pa.compute.equal(t["metric"], "loss"))
+    assert loss.column("value").to_pylist()[-3:] == [208.0, -9.0, -10.0]
+    assert loss.column("attempt").to_pylist()[-3:] == [1, 2, 2]
+    second = compact_metrics(rdir)
+    assert second.name == "compact-a002-000000.parquet" and part_names(rdir) == [second.name] and not first.exists()
+    assert read_metrics(rdir).equals(t)
+
+
+def test_compaction_leaves_an_unreadable_part_in_place(tmp_path):
+    w = MetricWriter(tmp_path, "r1", None, 0)
+    for step in range(3):
+        w.log("train", "loss", float(step), epoch=0, step=step)
+        w.flush()
+    torn = tmp_path / "metrics" / "part-a000-000001.parquet"
+    torn.write_bytes(torn.read_bytes()[:20])
+    with pytest.warns(UnreadablePartWarning, match=re.escape(str(torn))):
+        path = compact_metrics(tmp_path)
+    assert part_names(tmp_path) == [path.name, torn.name]
+    with pytest.warns(UnreadablePartWarning):
+        assert read_metrics(tmp_path).column("step").to_pylist() == [0, 2]
+
+
+def test_compaction_at_the_end_of_a_run_never_raises(tmp_path, monkeypatch):
+    from imgtrain.logs import parquet as P
+    rdir = run_dir(tmp_path, "r1")
+    _resumed_run(rdir)
+    names, before = part_names(rdir), read_metrics(rdir)
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(P, "atomic_write_bytes", full)
+    with pytest.raises(OSError):
+        compact_metrics(rdir)
+    with pytest.warns(RuntimeWarning, match="not compacted: OSError"):
+        assert compact_metrics(rdir, strict=False) is None  # what the trainer calls at DONE
+    assert part_names(rdir) == names and read_metrics(rdir).equals(before)
+
+
+def test_a_running_writer_merges_its_parts_every_roll_parts(tmp_path):
+    """A long run keeps a few files, not one per checkpoint; readers see exactly the same rows."""
+    def write(rdir, roll):
+        # attempt 0 by an earlier writer object (the engine rebuilt its logger), then attempt 0 again
+        # re-logging step 1 (the later row wins a tie), and attempt 1 left alone by attempt 0's rolls
+        with MetricWriter(rdir, "r", None, 0, roll_parts=roll) as w:
+            for step in range(3):
+                w.log("train", "loss", 10.0 + step, epoch=0, step=step)
+                w.flush()
+        with MetricWriter(rdir, "r", None, 1, roll_parts=roll) as w:
+            w.log("train", "loss", 99.0, epoch=0, step=2)
+        w = MetricWriter(rdir, "r", None, 0, roll_parts=roll)
+        out = []
+        for step in range(1, 10):
+            w.log("train", "loss", 20.0 + step, epoch=0, step=step)
+            out.append(w.flush())
+        return out
+
+    plain = write(run_dir(tmp_path, "plain"), None)
+    rolled = write(run_dir(tmp_path, "rolled"), 4)
+    assert len(part_names(run_dir(tmp_path, "plain"))) == 13
+    # rolls at the 4th and 8th flush of the second writer, each merging every attempt-0 file there is
+    assert part_names(run_dir(tmp_path, "rolled")) == [
+        "compact-a000-000001.parquet", "part-a000-000011.parquet", "part-a001-000000.parquet"]
+    assert [p.name for p in rolled[3::4]] == ["compact-a000-000000.parquet", "compact-a000-000001.parquet"]
+    assert [p.name for p in plain[3::4]] == ["part-a000-000006.parquet", "part-a000-000010.parquet"]
+    got = read_metrics(run_dir(tmp_path, "rolled")).drop_columns(["run_id", "time"])
+    assert got.equals(read_metrics(run_dir(tmp_path, "plain")).drop_columns(["run_id", "time"]))
+    assert got.column("value").to_pylist() == [10.0, 21.0, 99.0] + [20.0 + s for s in range(3, 10)]
+
+
+def test_a_failed_roll_warns_and_keeps_the_parts(tmp_path, monkeypatch):
+    from imgtrain.logs import parquet as P
+
+    def full(*a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(P, "_replace_with_merged", full)
+    w = MetricWriter(tmp_path, "r", None, 0, roll_parts=2)
+    w.log("train", "loss", 1.0, epoch=0, step=0)
+    w.flush()
+    w.log("train", "loss", 2.0, epoch=0, step=1)
+    with pytest.warns(RuntimeWarning, match="not merged: OSError"):
+        assert w.flush().name == "part-a000-000001.parquet"
+    assert part_names(tmp_path) == ["part-a000-000000.parquet", "part-a000-000001.parquet"]
+    assert read_metrics(tmp_path).column("value").to_pylist() == [1.0, 2.0]
+
+
+def test_reader_lists_again_a_run_compacted_while_it_reads(tmp_path, monkeypatch):
+    from imgtrain.logs import parquet as P
+    rdir = run_dir(tmp_path, "r1")
+    _resumed_run(rdir)
+    before = read_metrics(rdir)
+    stale = P._closed_files(rdir)
+    compact_metrics(rdir)  # between the reader's listing and its reads
+    real, calls = P._closed_files, []
+    monkeypatch.setattr(P, "_closed_files", lambda run: calls.append(run) or (stale if len(calls) == 1 else real(run)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a part that vanished is not an unreadable one
+        assert read_metrics(rdir).equals(before)
+    assert len(calls) == 2
+
+
+def test_tree_of_compacted_and_open_runs(tmp_path):
+    """Compacted runs are taken as they are, the others deduplicated; run order and rows as before.
+    A run id met twice (a copied run directory) still counts once."""
+    _write_run(tmp_path, "b-run", "s1", 3, 10)
+    _write_run(tmp_path, "a-run", "s1", 2, 20)
+    _write_run(tmp_path, "c-run", "s2", 4, 30)
+    with MetricWriter(run_dir(tmp_path, "a-run"), "a-run", "s1", 1) as w:  # a second part, a higher attempt
+        w.log("val", "acc1", 0.99, epoch=0, step=1)
+    before = read_metrics(tmp_path)
+    for rid in ("b-run", "c-run"):
+        compact_metrics(run_dir(tmp_path, rid))
+    assert read_metrics(tmp_path).equals(before)
+    assert read_metrics(tmp_path, sweep="s2").equals(read_metrics(run_dir(tmp_path, "c-run")))
+    import shutil
+    shutil.copytree(run_dir(tmp_path, "c-run"), tmp_path / "runs" / "c-run-copy")
+    assert read_metrics(tmp_path).equals(before)
+    picked = read_metrics(tmp_path, run_id=["c-run", "a-run"], columns=["run_id", "metric", "value"], dictionary=True)
+    assert pa.types.is_dictionary(picked.schema.field("run_id").type)
+    assert picked.cast(pa.schema([SCHEMA.field(c) for c in picked.column_names])).equals(
+        before.filter(pa.compute.is_in(before["run_id"], pa.array(["a-run", "c-run"]))).select(picked.column_names))
+
+
 # --------------------------------------------------------------------------- summaries
 
 def test_summaries_with_different_config_columns(tmp_path):
@@ -325,6 +517,31 @@ def test_summaries_with_different_config_columns(tmp_path):
     assert read_summaries(run_dir(tmp_path, "b")).column("run_id").to_pylist() == ["b"]
     with pytest.raises(ValueError, match="run_id"):
         write_summary(tmp_path / "x", {"status": "done"})
+
+
+def test_summary_json_copy_is_used_only_for_its_own_parquet_file(tmp_path):
+    cfg = C.from_dict({"data": {"path": "/data/a"}}, overrides=["model.kwargs={k: 1}"])
+    rdir = run_dir(tmp_path, "a")
+    write_summary(rdir, dict(run_id="a", status="DONE", best=float("nan"), best_epoch=3, wall_s=1.5), cfg)
+    from_parquet = pq.read_table(rdir / "summary.parquet").to_pylist()[0]
+    side = json.loads((rdir / "summary.json").read_text())
+    assert list(side["row"]) == list(from_parquet) and side["of"][0] == (rdir / "summary.parquet").stat().st_size
+    got = read_summary_row(rdir)
+    assert np.isnan(got.pop("best")) and np.isnan(from_parquet.pop("best"))
+    assert got == from_parquet and got["cfg.model.kwargs"] == '{"k": 1}' and got["best_epoch"] == 3
+    # summary.parquet rewritten by a tool that knows nothing of the copy: the stale copy is not used
+    t = pq.read_table(rdir / "summary.parquet")
+    pq.write_table(t.set_column(t.schema.get_field_index("status"), "status", pa.array(["PRUNED"])),
+                   rdir / "summary.parquet")
+    assert read_summary_row(rdir)["status"] == "PRUNED"
+    # a value JSON would not give back as Parquet does (a timestamp): no copy at all
+    write_summary(rdir, dict(run_id="a", finished=datetime(2026, 1, 2, tzinfo=timezone.utc)))
+    assert not (rdir / "summary.json").exists()
+    assert read_summary_row(rdir)["finished"] == datetime(2026, 1, 2, tzinfo=timezone.utc)
+    (rdir / "summary.json").write_text("{torn")
+    assert read_summary_row(rdir)["run_id"] == "a"
+    with pytest.raises(FileNotFoundError):
+        read_summary_row(run_dir(tmp_path, "none"))
 
 
 # --------------------------------------------------------------------------- run.json and markers

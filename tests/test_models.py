@@ -91,7 +91,7 @@ def test_requested_timm_names_exist():
 
 def test_list_models_has_ours_and_timm():
     assert list_models("simple*") == ["simple_cnn"]
-    assert list_models("*", include_timm=False) == ["convmixer", "mlp", "simple_cnn"]
+    assert list_models("*", include_timm=False) == ["airbench", "convmixer", "mlp", "simple_cnn"]
     names = list_models("convmixer*")
     assert names[0] == "convmixer" and "convmixer_768_32" in names
 

@@ -2,7 +2,9 @@
 on tiny AVA-format shards to DONE on one node (2 processes) and on two nodes (real multi-node torchrun);
 a job preempted with USR1 (before a short time limit) or requeued from outside resumes and ends with the
 same weights as an uninterrupted run; a bad config fails in seconds; a crashing run ends FAILED after
-trainer.max_attempts attempts. Plus the dry run (no cluster) and what every recipe asks SLURM for.
+trainer.max_attempts attempts; an array with `%a` in its overrides trains one run per task and a signalled
+task requeues alone; pack_shards stopped mid-pack resumes to identical shards. Plus the dry runs (no
+cluster, the generic slurm/train.sbatch included) and what every recipe asks SLURM for.
 
 Every #SBATCH default the 2-core test cluster cannot satisfy (GPUs, memory, CPUs) is overridden on the
 sbatch command line, as a user would; logs go to tmp_path (--output/--error)."""
@@ -17,9 +19,13 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 import torch
+import yaml
 
 from conftest import PY, ROOT, run_cmd, train_cmd
+from imgtrain import config as C
+from imgtrain import launch
 from imgtrain.logs import read_metrics
+from shards.writer import STALL_ENV
 from sourcedata import write_ava
 from tests.cluster.fixtures import base_client_env
 
@@ -29,6 +35,7 @@ RECIPE = ROOT / "slurm/ava_vit.sbatch"
 CONFIG = ROOT / "jobs/configs/ava_vit.yaml"
 RECIPES = sorted((ROOT / "slurm").glob("*.sbatch"))
 TRAIN_RECIPES = [r for r in RECIPES if r.name != "pack_shards.sbatch"]
+GENERIC = ROOT / "slurm/train.sbatch"  # CONFIG is its first argument
 TINY = ["model.name=vit_tiny_patch16_224", "model.img_size=16", "model.patch_size=8", "model.pretrained_path=null",
         "data.img_size=16", "data.batch_size=4", "data.num_workers=0", "trainer.precision=fp32",
         "trainer.log_every_steps=1", "trainer.log_every_seconds=0"]
@@ -70,7 +77,7 @@ def reference(ava_shards, tmp_path_factory):
 
 
 class Job:
-    def __init__(self, cluster, job_id: int, logs: Path):
+    def __init__(self, cluster, job_id: int | str, logs: Path):
         self.cluster, self.id, self.total = cluster, job_id, TOTAL_STEPS
         self.out, self.err = logs / f"ava_vit-{job_id}.out", logs / f"ava_vit-{job_id}.err"
 
@@ -95,9 +102,10 @@ class Job:
         raise AssertionError(f"step {step} not reached after {timeout}s{self.logs()}")
 
 
-def submit(submitted, cluster, logs: Path, *overrides, sbatch=(), env=None, cwd=ROOT, recipe=RECIPE) -> Job:
+def submit(submitted, cluster, logs: Path, *overrides, sbatch=(), env=None, cwd=ROOT, recipe=RECIPE,
+           name="%x-%j") -> Job:
     proc = cluster.run(["sbatch", "--parsable", f"--partition={cluster.partition}", *SBATCH, *sbatch,
-                        f"--output={logs}/%x-%j.out", f"--error={logs}/%x-%j.err", recipe, *overrides],
+                        f"--output={logs}/{name}.out", f"--error={logs}/{name}.err", recipe, *overrides],
                        env=env, cwd=cwd)
     job = Job(cluster, int(proc.stdout.strip().split(";")[0]), logs)
     submitted.append(job)
@@ -106,6 +114,11 @@ def submit(submitted, cluster, logs: Path, *overrides, sbatch=(), env=None, cwd=
 
 def restarts(attempts) -> list:
     return [int(a["slurm"]["restart_count"] or 0) for a in attempts]  # unset before the first requeue
+
+
+def shard_hashes(shards: Path) -> list:
+    manifest = json.loads((shards / "manifest.json").read_text())
+    return [(s["file"], s["sha256"]) for split in manifest["splits"].values() for s in split["shards"]]
 
 
 def the_run_dir(root: Path) -> Path:
@@ -148,10 +161,11 @@ def test_recipes_ask_for_signal_requeue_and_one_task_per_node():
         assert any(o.startswith("--output=slurm/logs/") for o in sbatch)
         assert any(o.startswith("--error=slurm/logs/") for o in sbatch)
         assert "exec bash \"$repo/slurm/launch.sh\"" in text and '"$@"' in text
-        if recipe in TRAIN_RECIPES:
+        if recipe in TRAIN_RECIPES and recipe != GENERIC:
             assert any(o.startswith("--gpus-per-node=") for o in sbatch), recipe.name
             config = re.search(r"--config (\S+)", text).group(1)
             assert (ROOT / config).is_file() and config == f"jobs/configs/{recipe.stem}.yaml"
+    assert GENERIC in TRAIN_RECIPES and '--config "${config}"' in GENERIC.read_text()
     assert (ROOT / "slurm/logs").is_dir()  # #SBATCH --output needs it before the job starts
 
 
@@ -200,6 +214,29 @@ def test_dry_run_prints_what_would_run(ava_shards, tmp_path):
     proc = dry_run("ava", "/data/AVA", "data/shards/ava", "--resize", "256", recipe=ROOT / "slurm/pack_shards.sbatch")
     assert proc.returncode == 0, proc.stderr
     assert f"{python} -m shards pack ava /data/AVA data/shards/ava --resize 256 --workers 16" in proc.stdout
+
+
+def test_generic_recipe_and_array_task_dry_run(digits_shards, tmp_path):
+    """slurm/train.sbatch CONFIG [key=value ...] runs any config; `%a` becomes the array task id (task 0
+    in a dry run outside SLURM), so `sbatch --array=0-2 ... trainer.seed=%a` trains three runs."""
+    config = "tests/configs/tiny_digits.yaml"
+    args = [f"data.path={digits_shards}", f"output.root={tmp_path}"]
+    proc = dry_run(config, *args, "trainer.seed=%a", recipe=GENERIC)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "  array task   %a -> 0 (SLURM_ARRAY_TASK_ID=unset, so task 0 is shown)" in out
+    assert f"--config {config} data.path={digits_shards} output.root={tmp_path} trainer.seed=0\n" in out
+    assert f"  nodes        1 (#SBATCH --nodes in {GENERIC}; " in out
+    assert "  procs/node   1 (#SBATCH --gpus-per-node in " in out and "OMP_NUM_THREADS=8" in out
+    # task N trains the run of trainer.seed=N (the array test on the cluster runs tasks 0 and 1)
+    run_of = {seed: launch.run_id_and_dir(C.load(ROOT / config, [*args, f"trainer.seed={seed}"]))[0]
+              for seed in (0, 1)}
+    assert f"  run          {run_of[0]} (NEW" in out and run_of[0] != run_of[1]
+    for bad in ([], ["trainer.seed=1"]):  # no CONFIG first: usage, exit 2
+        proc = dry_run(*bad, recipe=GENERIC)
+        assert proc.returncode == 2 and "usage: sbatch slurm/train.sbatch CONFIG" in proc.stderr
+    proc = dry_run("jobs/configs/nothing.yaml", recipe=GENERIC)
+    assert proc.returncode == 2 and "config jobs/configs/nothing.yaml not found" in proc.stderr
 
 
 # ------------------------------------------------------------------------------------------- one node
@@ -314,16 +351,70 @@ def test_real_failure_ends_failed_after_max_attempts(submitted, slurm_cluster, a
     assert "ExitCode=1:0" in show and "Restarts=1" in show
 
 
-def test_pack_shards_recipe(submitted, slurm_cluster, tmp_path):
-    src = write_ava(tmp_path / "src", n=12).root
+def test_pack_shards_stopped_by_usr1_requeues_and_resumes_to_identical_shards(submitted, slurm_cluster, tmp_path):
+    """The first attempt stalls half-way through train-000003.tar (shards' test hook; the launcher lets
+    only the first attempt stall); USR1 to the batch shell stops the packer, the job requeues itself and
+    the next attempt keeps the finished shards and writes the rest: the same bytes as one plain pack."""
+    src = write_ava(tmp_path / "src", n=16).root
+    run_cmd([PY, "-m", "shards", "pack", "ava", src, tmp_path / "reference", "--shard-size", "2", "--workers", "2"])
+    out = tmp_path / "shards"
     proc = slurm_cluster.run(["sbatch", "--parsable", f"--partition={slurm_cluster.partition}", "--mem=1G",
                               "--cpus-per-task=2", f"--output={tmp_path}/%x-%j.out", f"--error={tmp_path}/%x-%j.err",
-                              ROOT / "slurm/pack_shards.sbatch", "ava", src, tmp_path / "shards"], cwd=ROOT)
+                              ROOT / "slurm/pack_shards.sbatch", "ava", src, out, "--shard-size", "2"],
+                             cwd=ROOT, env={STALL_ENV: "train-000003.tar"})
     job = int(proc.stdout.strip())
-    state = slurm_cluster.wait_job(job, timeout=90)
-    assert state == "COMPLETED", (tmp_path / f"pack_shards-{job}.err").read_text()
-    assert json.loads((tmp_path / "shards/manifest.json").read_text())["task"] == "score_distribution"
-    assert "--workers 2" in (tmp_path / f"pack_shards-{job}.out").read_text()
+    log = tmp_path / f"pack_shards-{job}.out"
+    deadline = time.monotonic() + 90
+    while not list(out.glob(".train-000003.tar.tmp-*")):
+        assert time.monotonic() < deadline, f"the pack never reached the stalled shard\n{log.read_text()}"
+        time.sleep(0.1)
+    assert not (out / "manifest.json").exists()
+    slurm_cluster.run(["scancel", "--signal=USR1", "--batch", str(job)])
+    assert slurm_cluster.wait_job(job, timeout=120, source="squeue") == "COMPLETED", \
+        (tmp_path / f"pack_shards-{job}.err").read_text()
+    text = log.read_text()
+    assert "--workers 2" in text and "received SIGUSR1" in text
+    assert text.count(f"requeue {job} (scontrol requeue): packing resumes where it stopped") == 1, text
+    assert "kept from an earlier run" in text + (tmp_path / f"pack_shards-{job}.err").read_text()
+    assert "Restarts=1" in slurm_cluster.run(["scontrol", "show", "job", str(job)]).stdout
+    assert json.loads((out / "manifest.json").read_text())["task"] == "score_distribution"
+    assert shard_hashes(out) == shard_hashes(tmp_path / "reference")
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file or scan state left
+
+
+def test_array_tasks_train_one_run_each_and_a_signalled_task_requeues_alone(submitted, slurm_cluster, ava_shards,
+                                                                           tmp_path):
+    """`sbatch --array=0-1 slurm/ava_vit.sbatch ... trainer.seed=%a`: two runs (seeds 0 and 1); USR1 to
+    task 1's batch shell requeues only task 1 (`scontrol requeue <array>_1`), which resumes; both DONE."""
+    overrides = [f"data.path={ava_shards}", f"output.root={tmp_path}", *TINY, "trainer.epochs=4", "trainer.seed=%a"]
+    array = submit(submitted, slurm_cluster, tmp_path, *overrides, sbatch=["--array=0-1"], name="%x-%A_%a").id
+    tasks = [Job(slurm_cluster, f"{array}_{t}", tmp_path) for t in (0, 1)]
+    for task in tasks:
+        task.total = 40  # 10 steps per epoch
+    tasks[1].wait_for_step(5)
+    slurm_cluster.run(["scancel", "--signal=USR1", "--batch", f"{array}_1"])
+    assert tasks[1].wait(timeout=300) == "COMPLETED" and tasks[0].wait(timeout=120) == "COMPLETED", \
+        tasks[0].logs() + tasks[1].logs()
+    slurm_cluster.wait_job(array, timeout=60, source="sacct")
+    assert slurm_cluster.sacct_states(array) == {f"{array}_0": "COMPLETED", f"{array}_1": "COMPLETED"}
+    history = slurm_cluster.run(["sacct", "-n", "-X", "-P", "-D", "-j", str(array), "-o", "JobID,State"]).stdout
+    assert sorted(line.split("|")[0] for line in history.splitlines() if "REQUEUED" in line) == [f"{array}_1"], \
+        history
+    runs = {}
+    for rdir in (tmp_path / "runs").iterdir():
+        assert (rdir / "DONE").exists()
+        info = run_json(rdir)
+        task = {a["slurm"]["array_task_id"] for a in info["attempts"]}
+        assert len(task) == 1 and {a["slurm"]["array_job_id"] for a in info["attempts"]} == {str(array)}
+        task = task.pop()
+        runs[task] = info
+        assert yaml.safe_load((rdir / "config.yaml").read_text())["trainer"]["seed"] == int(task)
+    assert sorted(runs) == ["0", "1"]
+    assert [a["status"] for a in runs["0"]["attempts"]] == ["DONE"]
+    assert [(a["status"], a["exit"]) for a in runs["1"]["attempts"]] == [("STOPPED", 75), ("DONE", 0)]
+    out = tasks[1].out.read_text()
+    assert f"(array task {array}_1, restart 0)" in out and f"requeue {array}_1 (scontrol requeue)" in out
+    assert "trainer.seed=1" in out and "%a" not in out.split("start:", 1)[1]
 
 
 # ------------------------------------------------------------------------------------------- two nodes

@@ -180,6 +180,64 @@ def test_preflight_failure_submits_nothing(tmp_path, capsys):
     assert not (tmp_path / "out/runs").exists() and SweepDir(tmp_path / "out", "pre").submissions() == []
 
 
+def test_preflight_catches_what_the_trainer_would_and_agrees_with_it(digits_shards, tmp_path):
+    """Each kind of start-up failure, found by the sweep's engine-free preflight with the trainer's own
+    words; the trainer's preflight (torch, timm) flags the same configs and passes the same good ones."""
+    from imgtrain.engine.trainer import preflight as trainer_preflight
+    from imgtrain.sweep.preflight import check_config
+    bad_json = tmp_path / "bad-json"
+    bad_json.mkdir()
+    (bad_json / "manifest.json").write_text("{not json")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    base = [f"data.path={digits_shards}"]
+    bad = {
+        "data.path": ([f"data.path={tmp_path / 'no-such-set'}"], ["data.path:", "no-such-set", "cannot read"]),
+        "manifest": ([f"data.path={bad_json}"], ["data.path:", "not valid JSON"]),
+        "task": (["task.name=score_distribution"], ["holds a 'classification' data set but task.name is"]),
+        "split": (["data.train_split=nope"], ["data.train_split:", "has no split 'nope'"]),
+        "model": (["model.name=resnet5O"], ["unknown model 'resnet5O'", "close matches: resnet50"]),
+        "weights": ([f"model.pretrained_path={tmp_path / 'gone.pt'}"], ["model.pretrained_path:", "is not a file"]),
+        "deepspeed": (["dist.strategy=deepspeed", "dist.zero_stage=2", "dist.offload_params=true"],
+                      ["dist.offload_params needs dist.zero_stage=3"]),
+    }
+    for what, (overrides, words) in bad.items():
+        cfg = C.load(CFG, base + overrides)
+        ours, theirs = check_config(cfg), trainer_preflight(cfg)
+        assert len(ours) == 1 and all(w in ours[0] for w in words), (what, ours)
+        assert theirs, (what, "the trainer's preflight passes what ours rejects")
+    # a local model, timm names (with a pretrained tag; a deprecated alias the source index lacks, so the
+    # real registry is asked), a readable weights file and a valid DeepSpeed config all pass
+    for overrides in ([], ["model.name=resnet18.a1_in1k"], ["model.name=convnext_tiny_in22ft1k"],
+                      ["model.name=simple_cnn", f"model.pretrained_path={weights}"],
+                      ["dist.strategy=deepspeed", "dist.zero_stage=3", "dist.offload_params=true"]):
+        cfg = C.load(CFG, base + overrides)
+        assert check_config(cfg) == [] and trainer_preflight(cfg) == [], overrides
+
+
+def test_preflight_imports_no_engine(digits_shards, tmp_path):
+    """The default submission path's preflight reads files only: no torch, timm or scikit-learn
+    (benchmarks/sweep_scale.py times it on 1,000 cells)."""
+    script = ("import sys, json; sys.path.insert(0, sys.argv[1])\n"
+              "from imgtrain.sweep.spec import load_spec\nfrom imgtrain.sweep.executors import preflight\n"
+              "cells = load_spec(sys.argv[2], root=sys.argv[3]).cells\n"
+              "problems = preflight(cells)\n"
+              "heavy = sorted(m for m in ('torch', 'timm', 'sklearn', 'imgtrain.engine') if m in sys.modules)\n"
+              "print(json.dumps([len(cells), problems[:1], len(problems), heavy]))")
+
+    def check(names):
+        path = write_spec(tmp_path / "big.yaml", name="big", overrides={"data.path": str(digits_shards)},
+                          grid={"optim.lr": [0.001 * (i + 1) for i in range(10)], "model.name": names},
+                          seeds=[0, 1])
+        return json.loads(run_cmd([PY, "-c", script, ROOT, path, tmp_path / "root"]).stdout.splitlines()[-1])
+
+    assert check(["mlp", "simple_cnn", "resnet18", "vit_tiny_patch16_224"]) == [80, [], 0, []]
+    # a typo is the one case that asks the real registry (for its close matches), importing timm then
+    n, first, count, heavy = check(["mlp", "simple_cnn", "resnet18", "no_such_net"])
+    assert (n, count) == (80, 20) and "unknown model 'no_such_net'" in first[0] and first[0].startswith("cell ")
+    assert "timm" in heavy and "imgtrain.engine" not in heavy
+
+
 # ----------------------------------------------------------------------------------------- local executor
 
 @pytest.mark.slow
@@ -295,6 +353,8 @@ def test_successive_halving_prunes_the_worst(digits_shards, tmp_path, capsys):
             assert marker["value"] == pytest.approx(at_rung[c.run_id])
             assert marker["threshold"] == pytest.approx(at_rung[ranked[1]])
             assert marker["rank"] > 2 and "below the keep threshold" in marker["reason"]
+        # finished for good, DONE (by the trainer) or PRUNED (by the halving): its parts are one file
+        assert [p.name.split("-")[0] for p in (rdir / "metrics").iterdir()] == ["compact"]
     capsys.readouterr()
     # visible in status; and running the sweep again changes nothing
     assert main(["status", str(path), "--root", str(root)]) == 0

@@ -90,7 +90,7 @@ class ShardSplit(Dataset):
                 if self.draft and im.format == "JPEG":  # libjpeg scales by 1/2..1/8 while decoding
                     im.draft(self.mode, (self.draft, self.draft))
                 im.load()
-                img = im.convert(self.mode)
+                img = im if im.mode == self.mode else im.convert(self.mode)  # convert() copies even when equal
         except Exception as e:  # PIL raises many types for broken files
             raise BadSample(f"sample {key} in {self.shard_files[shard]}: undecodable image ({e})") from None
         with _seeded(self.seed, epoch, index):
@@ -132,11 +132,29 @@ class _seeded:
             torch.default_generator.set_state(self.saved[2])
 
 
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack; in a loader worker into shared memory, so the queue passes the batch without a copy."""
+    out = None
+    if get_worker_info() is not None:
+        t = tensors[0]
+        storage = t.untyped_storage()._new_shared(len(tensors) * t.numel() * t.element_size(), device=t.device)
+        out = t.new(storage).resize_(len(tensors), *t.shape)
+    return torch.stack(tensors, out=out)
+
+
+def _stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """Images that are CHW views of HWC arrays (the OpenCV crop path) are stacked as HWC, a plain copy,
+    and the batch is returned as an NCHW view in channels_last layout; others are stacked as they are."""
+    if images[0].dim() == 3 and all(im.permute(1, 2, 0).is_contiguous() and not im.is_contiguous() for im in images):
+        return _stack([im.permute(1, 2, 0) for im in images]).permute(0, 3, 1, 2)
+    return _stack(images)
+
+
 def collate(items) -> dict:
     good = [s for s in items if isinstance(s, Sample)]
     bad = [s[1] for s in items if not isinstance(s, Sample)]
     if good:
-        images = torch.stack([s.image for s in good])
+        images = _stack_images([s.image for s in good])
         targets = torch.stack([s.target for s in good])
     else:
         images, targets = torch.zeros(0), torch.zeros(0)

@@ -2,12 +2,18 @@
 
 Loader workers hand over uint8 tensors (timm's prefetcher convention): a quarter of the bytes of float
 batches through the worker queues, and normalisation (plus random erasing) runs once per batch on the
-training device (`Normalizer`).
+training device (`Normalizer`). The plain random-resized-crop + flip (no AutoAugment, colour jitter or
+vertical flip) crops and resizes with OpenCV (`FastResizedCropFlip`): about 5x cheaper than PIL's
+resampling, which was most of a worker's time per ImageNet-sized photo.
 """
 from __future__ import annotations
 
+import math
+import os
+import random
 from typing import Optional
 
+import numpy as np
 import torch
 from timm.data import Mixup, create_transform
 from timm.data.random_erasing import RandomErasing
@@ -33,6 +39,72 @@ def resolve_norm(cfg: DataConfig, model_data_cfg: Optional[dict], manifest: dict
     return tuple(mean), tuple(max(s, 1e-3) for s in std)
 
 
+_CV2_PID = None
+
+
+def _cv2():
+    """OpenCV with one thread in each process that resizes: the loader workers are the parallelism."""
+    global _CV2_PID
+    import cv2
+    if _CV2_PID != os.getpid():
+        cv2.setNumThreads(1)
+        _CV2_PID = os.getpid()
+    return cv2
+
+
+class FastResizedCropFlip:
+    """timm's RandomResizedCropAndInterpolation + RandomHorizontalFlip + MaybePILToTensor, with the crop
+    drawn the same way (python `random`, then `torch.rand` for the flip) but cut and resized by OpenCV:
+    INTER_AREA when shrinking both sides (antialiased, as FFCV does), else bilinear/bicubic."""
+
+    def __init__(self, size: int, scale, ratio, interpolation: str, hflip: float):
+        self.size, self.hflip, self.bicubic = size, hflip, interpolation == "bicubic"
+        self.scale, self.log_ratio = tuple(scale), (math.log(ratio[0]), math.log(ratio[1]))
+
+    def box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(top, left, h, w), as torchvision/timm's get_params draws it."""
+        area = width * height
+        for _ in range(10):
+            target = area * random.uniform(*self.scale)
+            aspect = math.exp(random.uniform(*self.log_ratio))
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return random.randint(0, height - h), random.randint(0, width - w), h, w
+        ratio = width / height  # fallback: the central crop of the allowed aspect range
+        lo, hi = math.exp(self.log_ratio[0]), math.exp(self.log_ratio[1])
+        if ratio < lo:
+            w, h = width, int(round(width / lo))
+        elif ratio > hi:
+            h, w = height, int(round(height * hi))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, img) -> torch.Tensor:
+        cv2 = _cv2()
+        top, left, h, w = self.box(*img.size)
+        crop = np.asarray(img.crop((left, top, left + w, top + h)))  # only the crop leaves PIL
+        if h >= self.size and w >= self.size:
+            interpolation = cv2.INTER_AREA
+        else:
+            interpolation = cv2.INTER_CUBIC if self.bicubic else cv2.INTER_LINEAR
+        out = cv2.resize(crop, (self.size, self.size), interpolation=interpolation)
+        if self.hflip > 0 and torch.rand(1) < self.hflip:
+            out = cv2.flip(out, 1)
+        # HWC view as CHW: collate's stack makes the one copy
+        return torch.from_numpy(out.reshape(self.size, self.size, -1)).permute(2, 0, 1)
+
+
+def _fast_train_path(cfg: DataConfig) -> bool:
+    if cfg.auto_augment or cfg.color_jitter or cfg.vflip > 0 or cfg.interpolation not in ("bilinear", "bicubic"):
+        return False
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def build_transform(cfg: DataConfig, train: bool, mean, std):
     """PIL image -> uint8 CHW tensor (augmented when `train`); see Normalizer for the rest."""
     if cfg.simple_augment:
@@ -43,6 +115,8 @@ def build_transform(cfg: DataConfig, train: bool, mean, std):
             if cfg.hflip > 0:
                 steps.append(T.RandomHorizontalFlip(cfg.hflip))
         return T.Compose(steps + [T.PILToTensor()])
+    if train and _fast_train_path(cfg):
+        return FastResizedCropFlip(cfg.img_size, cfg.scale, cfg.ratio, cfg.interpolation, cfg.hflip)
     kwargs = dict(input_size=(cfg.in_chans, cfg.img_size, cfg.img_size), is_training=train,
                   interpolation=cfg.interpolation, mean=mean, std=std, crop_pct=cfg.crop_pct, use_prefetcher=True)
     if train:
@@ -64,13 +138,16 @@ class Normalizer:
     """uint8 batch on the device -> float, normalised; random erasing for training batches."""
 
     def __init__(self, mean, std, device, re_prob: float = 0.0):
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        mean = torch.tensor(mean, device=device, dtype=torch.float64).view(1, -1, 1, 1) * 255
+        std = torch.tensor(std, device=device, dtype=torch.float64).view(1, -1, 1, 1) * 255
+        self.mean, self.std = mean.float(), std.float()  # on the 0..255 scale
+        self.scale, self.shift = (1 / std).float(), (-mean / std).float()
         self.erase = RandomErasing(re_prob, mode="pixel", device=str(device)) if re_prob > 0 else None
 
     def __call__(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
         if x.dtype == torch.uint8:
-            x = (x.float() - self.mean) / self.std
+            # in place on the new float tensor: no temporaries (on a CPU this halved the time per batch)
+            x = x.float().mul_(self.scale).add_(self.shift)
         if train and self.erase is not None and len(x):
             x = self.erase(x)
         return x

@@ -3,6 +3,10 @@
 The handler only sets a flag: the loop finishes its step, all ranks agree, `last.pt` is written and
 the process exits with REQUEUE_EXIT_CODE, which the batch script and sweeps read as "requeue me".
 A second signal while saving changes nothing.
+
+A worker spends seconds importing torch before the trainer installs its handler; an entry point that
+calls `catch_early()` first keeps a signal of that time, and the next StopRequest starts with it (so
+the run stops after its first step, with a checkpoint). This module imports nothing heavy.
 """
 from __future__ import annotations
 
@@ -10,6 +14,20 @@ import signal
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: stopped cleanly on a signal, resume me
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+_early: list[int] = []  # a stop signal received before any StopRequest was installed
+_before_early: dict = {}  # the handlers catch_early() replaced
+
+
+def _record_early(signum, frame) -> None:
+    if not _early:
+        _early.append(signum)
+
+
+def catch_early() -> None:
+    """Record USR1/TERM from now on, until a StopRequest takes over (call it before heavy imports)."""
+    for s in STOP_SIGNALS:
+        _before_early[s] = signal.signal(s, _record_early)
 
 
 class StopRequest:
@@ -22,7 +40,11 @@ class StopRequest:
 
     def install(self) -> "StopRequest":
         for s in STOP_SIGNALS:
-            self._previous[s] = signal.signal(s, self._handle)
+            previous = signal.signal(s, self._handle)
+            # the start-up recorder has done its job: uninstall() restores what was there before it
+            self._previous[s] = _before_early.pop(s, previous) if previous is _record_early else previous
+        if _early and self.signum is None:  # arrived while the process was still starting up
+            self.signum = _early.pop()
         return self
 
     def _handle(self, signum, frame) -> None:

@@ -112,6 +112,10 @@ def run(cfg: C.Config, env: dist.DistEnv, batch_source=None) -> RunResult:
                                 config_hash=C.config_hash(cfg), world_size=env.world, hosts=hosts)
     attempt = dist.broadcast_object(env, attempt if env.is_main else None)
     stop = StopRequest().install()
+    # trainer.deterministic switches process-wide torch flags: a later run in this process (sweep debug
+    # executor, tests) must not inherit them (on GPU an op without a deterministic kernel would then fail)
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark)
     trainer = None
     try:
         trainer = Trainer(cfg, env, attempt, stop, batch_source=batch_source)
@@ -124,9 +128,17 @@ def run(cfg: C.Config, env: dist.DistEnv, batch_source=None) -> RunResult:
         raise
     finally:
         stop.uninstall()
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+        torch.backends.cudnn.benchmark = flags[2]
     trainer.close()
     if env.is_main:
         end_attempt(rdir, attempt, status=result.status, exit_code=result.exit_code)
+        if result.status == "DONE":  # its parts become one file: trees of finished runs read fast
+            from imgtrain.logs import compact_metrics
+            compact_metrics(rdir, strict=False)
+    # the first rank to exit 75 makes torchrun and srun (--kill-on-bad-exit) kill the others: none leaves
+    # before rank 0 has recorded the attempt
+    dist.barrier(env)
     return result
 
 
@@ -192,6 +204,8 @@ class Trainer:
         self.autocast = _autocast(cfg, env.device)
         self.ds = None  # the DeepSpeed strategy, when dist.strategy=deepspeed
         if cfg.dist.strategy == "deepspeed":
+            if cfg.model.unfreeze_at_epoch is not None:  # DeepSpeed fixes its trainable parameters at start-up
+                raise C.ConfigError("model.unfreeze_at_epoch does not work with dist.strategy=deepspeed; use ddp")
             from imgtrain.engine.deepspeed_strategy import DeepSpeedStrategy
             self.ds = DeepSpeedStrategy(cfg, model, self.optimizer, env, self.rdir / "checkpoints")
             self.ddp_model = self.ds.engine
@@ -369,6 +383,7 @@ class Trainer:
         """Steps until the epoch ends or something stops it: (stop reason or None, epoch finished)."""
         cfg, env, state = self.cfg, self.env, self.state
         epoch, start = state.epoch, state.consumed
+        self.set_phase(epoch)
         batches, usable = self.epoch_batches(epoch)
         if start == 0 and self.writer is not None:
             dropped = len(self.train_ds) - self.steps_per_epoch * self.accum * self.global_batch
@@ -415,6 +430,20 @@ class Trainer:
             if reason:
                 break
         return reason, state.consumed >= start + usable * self.global_batch
+
+    def set_phase(self, epoch: int) -> None:
+        """model.unfreeze_at_epoch: freeze or unfreeze the backbone for this epoch (also right after a resume).
+        DDP registers the parameters that need gradients when it is built, so it is built again."""
+        if not models.set_phase(self.model, self.cfg.model, epoch):
+            return
+        params = list(self.model.parameters())
+        self.log(f"epoch {epoch + 1}: backbone {'frozen' if epoch < self.cfg.model.unfreeze_at_epoch else 'unfrozen'} "
+                 f"(model.unfreeze_at_epoch={self.cfg.model.unfreeze_at_epoch}); "
+                 f"{sum(p.requires_grad for p in params)} of {len(params)} parameter tensors train")
+        if self.env.distributed:
+            self.ddp_model = DDP(self.model, device_ids=[self.env.local_rank] if self.env.device.type == "cuda" else None)
+            if self.cfg.trainer.compile:
+                self.ddp_model = torch.compile(self.ddp_model)
 
     def forward_backward(self, b: dict, epoch: int, position: int, sync: bool) -> tuple[float, int]:
         x, y = b["image"], b["target"]

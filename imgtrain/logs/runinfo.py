@@ -226,13 +226,17 @@ def mark_failed(run_dir: str | os.PathLike, reason: str) -> None:
 
 
 def record_failure(run_dir: str | os.PathLike, attempt: int, exc: BaseException) -> str:
-    """Close the attempt as FAILED and write the FAILED marker with the traceback (call inside `except`).
-    A KeyboardInterrupt ends the attempt but leaves no marker: nothing is wrong with the run."""
+    """Close the attempt as FAILED, write the FAILED marker with the traceback and compact the metric
+    parts (call inside `except`, after the metric writer is closed). A KeyboardInterrupt ends the
+    attempt but leaves no marker: nothing is wrong with the run."""
     import traceback
     reason = f"{type(exc).__name__}: {exc}"
     end_attempt(run_dir, attempt, status="FAILED", exit_code=1, reason=reason)
     if not isinstance(exc, KeyboardInterrupt):
         mark_failed(run_dir, reason + "\n\n" + traceback.format_exc())
+        # the run has ended: its parts become one file, as at DONE (a retry's parts go beside it)
+        from imgtrain.logs.parquet import compact_metrics
+        compact_metrics(run_dir, strict=False)
     return reason
 
 

@@ -1,4 +1,4 @@
-"""From-scratch nets for small images: mlp, simple_cnn, convmixer.
+"""From-scratch nets for small images: mlp, simple_cnn, convmixer, airbench.
 
 They follow timm's model interface (`get_classifier`, `reset_classifier`, `forward_features`,
 `forward_head`, `group_matcher`, `pretrained_cfg`), so transfer helpers and layer decay treat them
@@ -145,6 +145,99 @@ class SimpleCNN(_SmallNet):
         return self.pre_logits(self.features(x))
 
 
+def _frozen_scale_bn(width: int) -> nn.BatchNorm2d:
+    """airbench's BatchNorm: scale fixed at 1, shift trained, fast running statistics."""
+    bn = nn.BatchNorm2d(width, eps=1e-12, momentum=0.4)
+    bn.weight.requires_grad = False
+    return bn
+
+
+def _dirac_conv(cin: int, cout: int) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, 3, padding="same", bias=False)
+    nn.init.dirac_(conv.weight.data[:cin])  # identity in the first filters: an implicit residual at init
+    return conv
+
+
+class _ConvGroup(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv1, self.pool, self.norm1 = _dirac_conv(cin, cout), nn.MaxPool2d(2), _frozen_scale_bn(cout)
+        self.conv2, self.norm2, self.act = _dirac_conv(cout, cout), _frozen_scale_bn(cout), nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.norm1(self.pool(self.conv1(x))))
+        return self.act(self.norm2(self.conv2(x)))
+
+
+class AirbenchNet(_SmallNet):
+    """Keller Jordan's airbench94 CIFAR-10 net: a frozen patch-whitening conv, three conv groups
+    (conv, max-pool, BN, GELU, conv, BN, GELU; dirac init), global max-pool, bias-free head x 1/9.
+
+    The whitening filters come from the first training batch (airbench uses 5,000 training images):
+    the model needs no data at build time, and the `whitened` buffer keeps a resumed run from redoing it.
+    `tta` 1 averages the logits of the image and its mirror in eval mode, 2 adds 1-pixel translations.
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, widths: Sequence[int] = (64, 256, 256),
+                 whiten_kernel: int = 2, tta: int = 0, logit_scale: float = 1 / 9):
+        super().__init__()
+        self.num_classes, self.tta, self.logit_scale = num_classes, tta, logit_scale
+        stem = 2 * in_chans * whiten_kernel ** 2  # +/- pairs of every eigenvector of the patch covariance
+        self.whiten = nn.Conv2d(in_chans, stem, whiten_kernel, padding=0, bias=True)
+        self.whiten.weight.requires_grad = False
+        nn.init.zeros_(self.whiten.bias)
+        self.register_buffer("whitened", torch.tensor(False))
+        self._whitened = False  # mirrors the buffer so that forward needs no device sync once set
+        self.act = nn.GELU()
+        self.blocks = nn.Sequential(*[_ConvGroup(a, b) for a, b in zip([stem, *widths[:-1]], widths)])
+        self.pool = nn.AdaptiveMaxPool2d(1)  # airbench's MaxPool2d(3) on the 3x3 map of a 32 px input
+        self.num_features = widths[-1]
+        self.head = nn.Linear(widths[-1], num_classes, bias=False) if num_classes > 0 else nn.Identity()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^whiten", blocks=r"^blocks\.(\d+)")
+
+    @torch.no_grad()
+    @torch.compiler.disable
+    def init_whitening(self, x: torch.Tensor, eps: float = 5e-4) -> None:
+        """Filters = eigenvectors of the input's patch covariance / sqrt(eigenvalue + eps). The covariance
+        is averaged over DDP ranks, so every rank gets the same (frozen, never synchronised) filters."""
+        k, c = self.whiten.kernel_size[0], x.shape[1]
+        with torch.autocast(x.device.type, enabled=False):
+            patches = x.float().unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, c * k * k)
+            cov = patches.T @ patches / len(patches)
+            if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+                torch.distributed.all_reduce(cov)
+                cov /= torch.distributed.get_world_size()
+            evals, evecs = torch.linalg.eigh(cov)
+            filters = evecs.T.flip(0).reshape(-1, c, k, k) / torch.sqrt(evals.flip(0) + eps).view(-1, 1, 1, 1)
+        self.whiten.weight.copy_(torch.cat((filters, -filters)))
+        self.whitened.fill_(True)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and not self._whitened:
+            if not bool(self.whitened):  # one sync, until set (a resumed model has it from its checkpoint)
+                self.init_whitening(x)
+            self._whitened = True
+        return self.pool(self.blocks(self.act(self.whiten(x)))).flatten(1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.head(x) * self.logit_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not self.tta:
+            return _SmallNet.forward(self, x)
+        logits = self._mirrored(x)
+        if self.tta >= 2:  # airbench's level 2: also the image shifted by 1 px up-left and down-right
+            padded = nn.functional.pad(x, (1,) * 4, mode="reflect")
+            h, w = x.shape[-2:]
+            logits = 0.5 * logits + 0.25 * (self._mirrored(padded[..., :h, :w]) + self._mirrored(padded[..., 2:, 2:]))
+        return logits
+
+    def _mirrored(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * _SmallNet.forward(self, x) + 0.5 * _SmallNet.forward(self, x.flip(-1))
+
+
 @register_model
 def mlp(num_classes: int = 10, in_chans: int = 3, img_size: int = 32, depth: Optional[int] = None,
         width: Optional[Sequence[int]] = None, activation: Optional[str] = None, drop_rate: float = 0.0) -> MLP:
@@ -191,3 +284,17 @@ def convmixer(num_classes: int = 10, in_chans: int = 3, img_size: int = 32, dim:
                       in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate,
                       act_layer=_act(activation or "gelu"))
     return _set_cfg(model, "convmixer", in_chans, img_size, num_classes)
+
+
+@register_model
+def airbench(num_classes: int = 10, in_chans: int = 3, img_size: int = 32, width: Optional[Sequence[int]] = None,
+             kernel_size: Optional[int] = None, tta: int = 0) -> AirbenchNet:
+    """airbench94's net (jobs/configs/cifar10_fast.yaml). model.width: the three group widths (default
+    64, 256, 256); model.kernel_size: the whitening patch (default 2); model.kwargs.tta: 0, 1 or 2."""
+    if width is not None and len(width) != 3:
+        raise ConfigError(f"model.width: airbench has 3 conv groups, got {list(width)}")
+    if tta not in (0, 1, 2):
+        raise ConfigError(f"model.kwargs.tta: 0 (none), 1 (mirror) or 2 (mirror + translate), got {tta!r}")
+    model = AirbenchNet(num_classes, in_chans, widths=tuple(width or (64, 256, 256)),
+                        whiten_kernel=kernel_size or 2, tta=tta)
+    return _set_cfg(model, "airbench", in_chans, img_size, num_classes)

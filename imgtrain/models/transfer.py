@@ -6,6 +6,11 @@ unmatched layers before the classifier (e.g. VGG's pre-logits MLP) as the last g
 `group_matcher` falls back to the children of its first `blocks`/`stages`/`layers`/`features`
 Sequential or ModuleList (shallowest first). Layer decay numbers layers with the fine group_matcher,
 as timm does. Frozen BatchNorm layers use their stored statistics; dropout in frozen parts stays active.
+
+Frozen then unfrozen (`model.unfreeze_at_epoch`, Keras's "train the head, then fine-tune"): the phase is a
+function of the epoch (`set_phase`), so a run resumed in either phase rebuilds it; every parameter is in
+the optimizer from the start (frozen ones get no gradient, which torch optimizers skip, weight decay
+included), so the optimizer's parameter set and its checkpoint never change shape.
 """
 from __future__ import annotations
 
@@ -28,6 +33,12 @@ def apply_transfer(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     """Apply `model.reinit`, then `model.freeze_backbone`/`unfreeze_last`. Call after load_pretrained."""
     if cfg.reinit:
         reinit(model, cfg.reinit)
+    if cfg.unfreeze_at_epoch is not None:
+        if not cfg.freeze_backbone:
+            raise ConfigError("model.unfreeze_at_epoch ends a frozen phase: it needs model.freeze_backbone=true")
+        if cfg.unfreeze_at_epoch < 1:
+            raise ConfigError(f"model.unfreeze_at_epoch must be at least 1 (epochs trained frozen), "
+                              f"got {cfg.unfreeze_at_epoch}; for no frozen phase leave freeze_backbone false")
     if cfg.freeze_backbone:
         freeze_backbone(model, cfg.unfreeze_last)
     elif cfg.unfreeze_last:
@@ -87,6 +98,38 @@ def _eval_mode_hook(module: nn.Module, args) -> None:
     module.training = False
 
 
+_HOOKS = "_imgtrain_frozen_bn_hooks"  # model attribute: the eval-mode hooks of the frozen BatchNorms
+
+
+def is_frozen(model: nn.Module) -> bool:
+    return getattr(model, _HOOKS, None) is not None
+
+
+def unfreeze(model: nn.Module) -> None:
+    """Undo freeze_backbone: every parameter trains, BatchNorms follow train()/eval() again."""
+    for handle in getattr(model, _HOOKS, None) or []:
+        handle.remove()
+    setattr(model, _HOOKS, None)
+    for p in model.parameters():
+        p.requires_grad = True
+
+
+def set_phase(model: nn.Module, cfg: ModelConfig, epoch: int) -> bool:
+    """Frozen before `cfg.unfreeze_at_epoch`, unfrozen from it on; True when this call changed the model.
+    Does nothing without model.unfreeze_at_epoch."""
+    if cfg.unfreeze_at_epoch is None:
+        return False
+    frozen = epoch < cfg.unfreeze_at_epoch
+    if frozen == is_frozen(model):
+        return False
+    if frozen:
+        freeze_backbone(model, cfg.unfreeze_last)
+    else:
+        unfreeze(model)
+        log.info("epoch %d: backbone unfrozen (model.unfreeze_at_epoch=%d)", epoch, cfg.unfreeze_at_epoch)
+    return True
+
+
 def freeze_backbone(model: nn.Module, unfreeze_last: int = 0) -> list[str]:
     """Only the classifier (and the last `unfreeze_last` blocks) keeps requires_grad; BatchNorm layers
     whose parameters are all frozen run in eval mode. Returns the trainable parameter names."""
@@ -99,10 +142,14 @@ def freeze_backbone(model: nn.Module, unfreeze_last: int = 0) -> list[str]:
             trainable.update(group)
     for n, p in model.named_parameters():
         p.requires_grad = n in trainable
+    for handle in getattr(model, _HOOKS, None) or []:  # freezing twice: one hook per BatchNorm
+        handle.remove()
+    hooks = []
     for m in model.modules():
         params = list(m.parameters(recurse=False))
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
-            m.register_forward_pre_hook(_eval_mode_hook)
+            hooks.append(m.register_forward_pre_hook(_eval_mode_hook))
+    setattr(model, _HOOKS, hooks)
     if not trainable:
         raise ConfigError("model.freeze_backbone left nothing to train (the model has no classifier parameters)")
     log.info("freeze_backbone: %d of %d parameter tensors train", len(trainable), len(list(model.parameters())))
@@ -127,6 +174,7 @@ def param_groups(model: nn.Module, optim_cfg: OptimConfig, model_cfg: ModelConfi
     - lr_scale = layer-decay scale (`model.layer_decay`) x the first matching `model.lr_groups`
       multiplier (fnmatch on parameter names; unmatched: 1).
     Each group: params, param_names, weight_decay, lr_scale, name. The engine multiplies lr by lr_scale.
+    With `model.unfreeze_at_epoch` the frozen parameters are in the groups too (they train later).
     """
     all_names = [n for n, _ in model.named_parameters()]
     patterns = list(model_cfg.lr_groups.items())
@@ -138,7 +186,7 @@ def param_groups(model: nn.Module, optim_cfg: OptimConfig, model_cfg: ModelConfi
 
     groups: dict[tuple, dict] = {}
     for n, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad and model_cfg.unfreeze_at_epoch is None:
             continue
         no_decay = not optim_cfg.decay_norm_and_bias and (
             p.ndim <= 1 or n in skip or any(n.startswith(s + ".") for s in skip))

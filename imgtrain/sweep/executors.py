@@ -79,46 +79,12 @@ def select(states: Sequence[CellState], retry_failed: bool) -> tuple[list[CellSt
     return chosen, line
 
 
-def _stamp(path: Optional[str]) -> Optional[float]:
-    try:
-        return os.stat(path).st_mtime if path else None
-    except OSError:
-        return None
-
-
 def preflight(cells: Sequence[Cell], records: Optional[SweepDir] = None) -> list[str]:
-    """trainer.preflight once per distinct data set / model / weights file: what would fail at start-up.
-    Passed checks are remembered in the sweep's preflight.json (keyed by the files' mtimes), so submitting
-    the sweep again does not pay for importing torch and timm once more."""
-    cache_path = records.path / "preflight.json" if records is not None else None
-    try:
-        cache = json.loads(cache_path.read_text()) if cache_path is not None else {}
-    except (OSError, ValueError):
-        cache = {}
-    seen: dict[str, list[str]] = {}
-    problems = []
-    check = None
-    for cell in cells:
-        c = cell.config
-        manifest = os.path.join(c.data.path, "manifest.json")
-        key = json.dumps([os.path.abspath(c.data.path), c.data.train_split, c.task.name, c.model.name,
-                          c.model.pretrained_path and os.path.abspath(c.model.pretrained_path)])
-        stamp = [_stamp(manifest), _stamp(c.model.pretrained_path)]
-        if key not in seen:
-            if cache.get(key) == stamp and None not in stamp[:1]:
-                seen[key] = []
-            else:
-                if check is None:
-                    from imgtrain.engine.trainer import preflight as check
-                seen[key] = check(c)
-                if not seen[key]:
-                    cache[key] = stamp
-        for p in seen[key]:
-            problems.append(f"cell {cell.id} ({cell.describe()}): {p}")
-    if cache_path is not None and check is not None:
-        from imgtrain.logs.atomic import atomic_write_text
-        atomic_write_text(cache_path, json.dumps(cache, indent=1) + "\n")
-    return problems
+    """What would fail at start-up (data set, model name, weights file, DeepSpeed config), once per
+    distinct data set / model / weights file, without importing the engine: see sweep/preflight.py.
+    `records` is no longer used (the checks take milliseconds; nothing is cached between submissions)."""
+    from imgtrain.sweep.preflight import check_cells
+    return check_cells(cells)
 
 
 def launch(sweep: Sweep, opts: Options, extra: Sequence[str] = (), only: Optional[set[str]] = None,

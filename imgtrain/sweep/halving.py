@@ -6,7 +6,7 @@ submission of the cells still in the race with `trainer.stop_after_epochs=<rung>
 cleanly after that epoch (last.pt written, exit 75) and the cell is paused. When every cell has reached
 the rung, they are ranked by the monitored metric at the rung (the latest evaluation at or before it);
 the best ceil(keep x n) go on, from their checkpoints, to the next rung, and the others get a `PRUNED`
-marker in their run directory:
+marker in their run directory (and their metric parts are compacted into one file, as a DONE run's are):
 
     {"reason": "val/acc1 0.4134 at epoch 1 is below the keep threshold 0.5140 (rank 3 of 4, keep 2)",
      "metric": "val/acc1", "mode": "max", "value": 0.4134, "rung": 1, "threshold": 0.514,
@@ -27,6 +27,7 @@ import math
 from typing import Any, Optional
 
 from imgtrain import config as C
+from imgtrain.logs import compact_metrics
 from imgtrain.logs.atomic import atomic_write_text
 from imgtrain.sweep.executors import Options, launch, say, wait_slurm
 from imgtrain.sweep.records import SweepDir, now_iso
@@ -156,6 +157,7 @@ def run(sweep: Sweep, opts: Options) -> int:
             rdir = sweep.run_dir(sweep.by_id()[cid])
             if read_pruned(rdir) is None:
                 atomic_write_text(rdir / PRUNED, json.dumps(marker, indent=1) + "\n")
+                compact_metrics(rdir, strict=False)  # stopped for good: one metrics file, as a DONE run has
         log.setdefault("rungs", {})[str(rung)] = {
             "time": now_iso(), "entered": [c.id for c in racing], "failed": [st.cell.id for st in failed],
             "values": d["values"], "kept": d["kept"], "pruned": list(d["pruned"]), "threshold": d["threshold"]}

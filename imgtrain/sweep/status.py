@@ -131,8 +131,7 @@ def cell_states(sweep: Sweep, *, slurm: Optional[SlurmQuery] = None, metrics: bo
 def fill_metrics(sweep: Sweep, states: list[CellState]) -> None:
     """Best monitored metric of each cell: summary.parquet when the run is DONE, else its Parquet logs."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-    from imgtrain.logs import read_metrics
+    from imgtrain.logs import read_metrics, read_summary_row
 
     need = []
     for st in states:
@@ -141,7 +140,7 @@ def fill_metrics(sweep: Sweep, states: list[CellState]) -> None:
         summ = st.run_dir / "summary.parquet"
         if summ.is_file():
             try:
-                row = pq.read_table(summ, columns=["monitor", "best", "best_epoch", "epochs"]).to_pylist()[0]
+                row = read_summary_row(st.run_dir)  # its JSON copy: a 1,000-cell status reads 1,000 summaries
                 st.monitor = row["monitor"] or st.monitor
                 st.best = row["best"]
                 st.best_epoch = None if row["best_epoch"] is None or row["best_epoch"] < 0 else row["best_epoch"] + 1
