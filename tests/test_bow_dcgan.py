@@ -473,10 +473,12 @@ def test_dcgan_kill9_replay_counts_once(mnist_dir, reference_run, tmp_path):
     run = tmp_path / "runs" / "g"
     assert weights(run)["epoch"] == 1
     gan(mnist_dir, tmp_path)
-    raw = pq.read_table([str(p) for p in sorted((run / "metrics").glob("*.parquet"))])
-    raw_d = rows(raw, "train", "d_loss")
-    assert raw_d.num_rows == 40  # epoch 2's 10 steps were logged twice: attempt 0, replayed in attempt 1
-    table = assert_complete_metrics(run)  # ... and count once
+    # epoch 2's 10 steps were logged twice (attempt 0, replayed in attempt 1); the run's end merged its
+    # parts into one file that holds each step once, attempt 1's replay winning
+    files = sorted((run / "metrics").glob("*.parquet"))
+    assert [p.name.split("-")[0] for p in files] == ["compact"], files
+    assert rows(pq.read_table(files[0]), "train", "d_loss").num_rows == 30
+    table = assert_complete_metrics(run)
     d = rows(table, "train", "d_loss")
     attempt_of = dict(zip(d["step"].to_pylist(), d["attempt"].to_pylist()))
     assert {attempt_of[s] for s in range(1, 11)} == {0} and {attempt_of[s] for s in range(11, 31)} == {1}
