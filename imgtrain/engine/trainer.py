@@ -36,8 +36,8 @@ from imgtrain.engine.evaluate import evaluate
 from imgtrain.engine.optim import (build_optimizer, build_scheduler, current_lr, load_scheduler_state,
                                    scheduler_state)
 from imgtrain.engine.signals import REQUEUE_EXIT_CODE, StopRequest
-from imgtrain.logs import (MetricWriter, Progress, end_attempt, mark_done, read_status, record_failure,
-                           resolve_root, start_attempt, write_summary)
+from imgtrain.logs import (MetricWriter, Progress, compact_metrics, end_attempt, mark_done, read_status,
+                           record_failure, resolve_root, start_attempt, write_summary)
 from imgtrain.logs.atomic import atomic_write_text
 
 
@@ -134,7 +134,6 @@ def run(cfg: C.Config, env: dist.DistEnv, batch_source=None) -> RunResult:
     if env.is_main:
         end_attempt(rdir, attempt, status=result.status, exit_code=result.exit_code)
         if result.status == "DONE":  # its parts become one file: trees of finished runs read fast
-            from imgtrain.logs import compact_metrics
             compact_metrics(rdir, strict=False)
     # the first rank to exit 75 makes torchrun and srun (--kill-on-bad-exit) kill the others: none leaves
     # before rank 0 has recorded the attempt
