@@ -110,7 +110,7 @@ def test_airbench_whitens_from_its_first_training_batch_once():
     assert averaged.shape == plain.shape == (4, 10) and not torch.allclose(averaged, plain)
 
 
-def test_opencv_crop_path_draws_timms_box_and_matches_its_pixels():
+def test_fast_crop_path_draws_timms_box_and_matches_its_pixels():
     """The loader's fast random-resized-crop (loader benchmark, issue 11) is timm's augmentation, cheaper."""
     import random
 
@@ -135,7 +135,8 @@ def test_opencv_crop_path_draws_timms_box_and_matches_its_pixels():
         random.seed(seed)
         theirs = torch.from_numpy(np.array(ref(img))).permute(2, 0, 1)
         assert ours.shape == theirs.shape == (3, 64, 64) and ours.dtype == torch.uint8
-        assert (ours.float() - theirs.float()).abs().mean() < 4  # OpenCV INTER_AREA vs PIL bilinear, of 255
+        diff = (ours.float() - theirs.float()).abs()
+        assert diff.mean() < 0.1 and diff.max() <= 2  # torch's antialiased resize vs PIL's, of 255
     batch = collate([Sample(fast(img), torch.tensor(i), i) for i in range(3)])["image"]
     assert batch.shape == (3, 3, 64, 64) and batch.is_contiguous(memory_format=torch.channels_last)
     plain = C.DataConfig(path="x", img_size=64)

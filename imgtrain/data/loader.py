@@ -6,7 +6,6 @@ Undecodable samples and samples without a label are dropped from their batch and
 """
 from __future__ import annotations
 
-import io
 import json
 import random
 from dataclasses import dataclass
@@ -15,9 +14,9 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from imgtrain.data.decode import decode_image
 from imgtrain.data.order import TrainPlan, epoch_order, eval_positions
 from imgtrain.data.tarindex import ShardReader, index_shard
 
@@ -54,6 +53,7 @@ class ShardSplit(Dataset):
         self.task = task
         self.mean, self.std = tuple(mean), tuple(std)  # applied per batch on the device (Normalizer)
         self.draft = draft
+        self.decode_to_array = getattr(transform, "takes_array", False)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -86,11 +86,7 @@ class ShardSplit(Dataset):
         if self.task == "classification" and cls is None:
             raise BadSample(f"sample {key} in {self.shard_files[shard]} has no cls label")
         try:
-            with Image.open(io.BytesIO(members[ext])) as im:
-                if self.draft and im.format == "JPEG":  # libjpeg scales by 1/2..1/8 while decoding
-                    im.draft(self.mode, (self.draft, self.draft))
-                im.load()
-                img = im if im.mode == self.mode else im.convert(self.mode)  # convert() copies even when equal
+            img = decode_image(members[ext], self.mode, self.draft, self.decode_to_array)
         except Exception as e:  # PIL raises many types for broken files
             raise BadSample(f"sample {key} in {self.shard_files[shard]}: undecodable image ({e})") from None
         with _seeded(self.seed, epoch, index):

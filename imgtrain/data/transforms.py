@@ -3,18 +3,18 @@
 Loader workers hand over uint8 tensors (timm's prefetcher convention): a quarter of the bytes of float
 batches through the worker queues, and normalisation (plus random erasing) runs once per batch on the
 training device (`Normalizer`). The plain random-resized-crop + flip (no AutoAugment, colour jitter or
-vertical flip) crops and resizes with OpenCV (`FastResizedCropFlip`): about 5x cheaper than PIL's
-resampling, which was most of a worker's time per ImageNet-sized photo.
+vertical flip) takes the decoded JPEG as an array and resizes with torch (`FastResizedCropFlip`): PIL's
+crop, copy and resampling were most of a worker's time per ImageNet-sized photo.
 """
 from __future__ import annotations
 
 import math
-import os
 import random
 from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from timm.data import Mixup, create_transform
 from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
@@ -39,26 +39,16 @@ def resolve_norm(cfg: DataConfig, model_data_cfg: Optional[dict], manifest: dict
     return tuple(mean), tuple(max(s, 1e-3) for s in std)
 
 
-_CV2_PID = None
-
-
-def _cv2():
-    """OpenCV with one thread in each process that resizes: the loader workers are the parallelism."""
-    global _CV2_PID
-    import cv2
-    if _CV2_PID != os.getpid():
-        cv2.setNumThreads(1)
-        _CV2_PID = os.getpid()
-    return cv2
-
-
 class FastResizedCropFlip:
     """timm's RandomResizedCropAndInterpolation + RandomHorizontalFlip + MaybePILToTensor, with the crop
-    drawn the same way (python `random`, then `torch.rand` for the flip) but cut and resized by OpenCV:
-    INTER_AREA when shrinking both sides (antialiased, as FFCV does), else bilinear/bicubic."""
+    drawn the same way (python `random`, then `torch.rand` for the flip) but cut from a numpy array
+    (`takes_array`: the loader decodes JPEGs straight into one) and resized by torch's antialiased uint8
+    kernel, which matches PIL's resampling to within 2/255 at about half its cost."""
+
+    takes_array = True
 
     def __init__(self, size: int, scale, ratio, interpolation: str, hflip: float):
-        self.size, self.hflip, self.bicubic = size, hflip, interpolation == "bicubic"
+        self.size, self.hflip, self.mode = size, hflip, interpolation
         self.scale, self.log_ratio = tuple(scale), (math.log(ratio[0]), math.log(ratio[1]))
 
     def box(self, width: int, height: int) -> tuple[int, int, int, int]:
@@ -81,28 +71,24 @@ class FastResizedCropFlip:
         return (height - h) // 2, (width - w) // 2, h, w
 
     def __call__(self, img) -> torch.Tensor:
-        cv2 = _cv2()
-        top, left, h, w = self.box(*img.size)
-        crop = np.asarray(img.crop((left, top, left + w, top + h)))  # only the crop leaves PIL
-        if h >= self.size and w >= self.size:
-            interpolation = cv2.INTER_AREA
+        """PIL image or HWC uint8 array -> CHW uint8 tensor laid out as HWC (collate stacks it as is)."""
+        if isinstance(img, np.ndarray):
+            top, left, h, w = self.box(img.shape[1], img.shape[0])
+            crop = img[top:top + h, left:left + w]  # a view
         else:
-            interpolation = cv2.INTER_CUBIC if self.bicubic else cv2.INTER_LINEAR
-        out = cv2.resize(crop, (self.size, self.size), interpolation=interpolation)
+            top, left, h, w = self.box(*img.size)
+            crop = np.array(img.crop((left, top, left + w, top + h)))  # only the crop leaves PIL
+        # NHWC memory seen as NCHW: torch's channels_last uint8 kernel, and a channels_last result
+        nchw = torch.from_numpy(crop.reshape(1, h, w, -1)).permute(0, 3, 1, 2)
+        out = F.interpolate(nchw, size=(self.size, self.size), mode=self.mode, antialias=True)[0]
         if self.hflip > 0 and torch.rand(1) < self.hflip:
-            out = cv2.flip(out, 1)
-        # HWC view as CHW: collate's stack makes the one copy
-        return torch.from_numpy(out.reshape(self.size, self.size, -1)).permute(2, 0, 1)
+            out = out.flip(-1)
+        return out
 
 
 def _fast_train_path(cfg: DataConfig) -> bool:
-    if cfg.auto_augment or cfg.color_jitter or cfg.vflip > 0 or cfg.interpolation not in ("bilinear", "bicubic"):
-        return False
-    try:
-        import cv2  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return not (cfg.auto_augment or cfg.color_jitter or cfg.vflip > 0
+                or cfg.interpolation not in ("bilinear", "bicubic"))
 
 
 def build_transform(cfg: DataConfig, train: bool, mean, std):
@@ -143,11 +129,24 @@ class Normalizer:
         self.mean, self.std = mean.float(), std.float()  # on the 0..255 scale
         self.scale, self.shift = (1 / std).float(), (-mean / std).float()
         self.erase = RandomErasing(re_prob, mode="pixel", device=str(device)) if re_prob > 0 else None
+        self.row_affine = {}  # image width -> (scale, shift) repeated along an NHWC row
+
+    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
+        # in place on the new float tensor: no temporaries (on a CPU this halved the time per batch)
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            # channels_last: broadcasting over a last dimension of 3 does not vectorise; a whole row
+            # (width x channels) against a repeated (scale, shift) does, 1.8x faster on a CPU
+            n, c, h, w = x.shape
+            if w not in self.row_affine:
+                self.row_affine[w] = self.scale.view(-1).repeat(w), self.shift.view(-1).repeat(w)
+            scale, shift = self.row_affine[w]
+            rows = x.permute(0, 2, 3, 1).reshape(n * h, w * c)  # a view
+            return rows.float().mul_(scale).add_(shift).view(n, h, w, c).permute(0, 3, 1, 2)
+        return x.float().mul_(self.scale).add_(self.shift)
 
     def __call__(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
         if x.dtype == torch.uint8:
-            # in place on the new float tensor: no temporaries (on a CPU this halved the time per batch)
-            x = x.float().mul_(self.scale).add_(self.shift)
+            x = self._to_float(x)
         if train and self.erase is not None and len(x):
             x = self.erase(x)
         return x
