@@ -382,3 +382,35 @@ def test_param_groups_rejects_layer_decay_without_group_matcher():
     groups = param_groups(model, OptimConfig(weight_decay=0.1), ModelConfig())
     assert {g["name"]: g["weight_decay"] for g in groups} == {"decay": 0.1, "no_decay": 0.0}
     assert sum(p.numel() for g in groups for p in g["params"]) == 6
+
+
+def test_plateau_schedule_resumes_with_its_patience_counters():
+    """timm's plateau scheduler saves only part of its state (it warns so); our checkpoint adds torch's
+    ReduceLROnPlateau counters, so a run resumed between two bad epochs decays at the same epoch."""
+    from imgtrain.config import SchedConfig
+    from imgtrain.engine.optim import build_scheduler, load_scheduler_state, scheduler_state
+
+    def fresh():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        return opt, build_scheduler(SchedConfig(name="plateau", patience_epochs=2), opt, epochs=10,
+                                    updates_per_epoch=1, mode="max")
+
+    metrics = [0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]
+    opt, sched = fresh()
+    straight = []
+    for epoch, metric in enumerate(metrics):
+        sched.step(epoch + 1, metric)
+        straight.append(opt.param_groups[0]["lr"])
+    assert straight[0] == 0.1 and min(straight) < 0.1  # the schedule does decay within these epochs
+    opt, sched = fresh()
+    for epoch, metric in enumerate(metrics[:3]):  # stop with one bad epoch counted
+        sched.step(epoch + 1, metric)
+    saved = copy.deepcopy((opt.state_dict(), scheduler_state(sched)))
+    opt, sched = fresh()
+    opt.load_state_dict(saved[0])
+    load_scheduler_state(sched, saved[1])
+    resumed = []
+    for epoch, metric in enumerate(metrics[3:], start=3):
+        sched.step(epoch + 1, metric)
+        resumed.append(opt.param_groups[0]["lr"])
+    assert resumed == straight[3:]

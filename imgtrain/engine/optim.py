@@ -1,6 +1,8 @@
 """Optimizer and learning-rate schedule factories (timm's schedulers, stepped per optimizer update)."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from timm.scheduler import create_scheduler_v2
 from timm.scheduler.plateau_lr import PlateauLRScheduler
@@ -29,11 +31,15 @@ def build_scheduler(cfg: SchedConfig, optimizer, *, epochs: int, updates_per_epo
     """A timm scheduler driven by `step_update(global_step)` and `step(epoch, metric)`; None for 'none'."""
     if cfg.name == "none":
         return None
-    sched, _ = create_scheduler_v2(
-        optimizer, sched=cfg.name, num_epochs=epochs, decay_epochs=cfg.decay_epochs, decay_rate=cfg.decay_rate,
-        min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
-        patience_epochs=cfg.patience_epochs, plateau_mode=mode,
-        step_on_epochs=cfg.name == "plateau", updates_per_epoch=max(1, updates_per_epoch))
+    with warnings.catch_warnings():
+        # timm deprecates its plateau scheduler because its checkpoints lose the patience counters;
+        # ours keep them (scheduler_state), so the warning would only mislead
+        warnings.filterwarnings("ignore", message="PlateauLRScheduler is deprecated", category=FutureWarning)
+        sched, _ = create_scheduler_v2(
+            optimizer, sched=cfg.name, num_epochs=epochs, decay_epochs=cfg.decay_epochs, decay_rate=cfg.decay_rate,
+            min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
+            patience_epochs=cfg.patience_epochs, plateau_mode=mode,
+            step_on_epochs=cfg.name == "plateau", updates_per_epoch=max(1, updates_per_epoch))
     return sched
 
 
