@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """GPU throughput (issue 11): ViT-B/16 training speed and MFU, a bare timm + torch loop against the engine;
-the data pipeline's feeding rate against what the GPU consumes; GPU JPEG decoding; CIFAR-10 time to 94 %.
+the data pipeline's feeding rate against what the GPU consumes, CPU or GPU JPEG decoding; CIFAR-10 time to 94 %.
 
 Model part: vit_base_patch16_224 at 224, bf16 autocast, AdamW, a batch that fills the card (--batch auto:
 doubling while the bare loop's peak memory stays under 85 % of the card). Both loops get the same uint8
@@ -9,8 +9,8 @@ with `batch_source` (its per-step loss read included). Eager, then torch.compile
 backward are counted with FlopCounterMode; the peak is a bf16 8192^3 matmul timed on the same card in
 the same run, so MFU = images/s x FLOPs per image / that peak.
 Data part: JPEGs like ImageNet's (375..640 px) packed into shards on local disk; the engine's loader at
-224 (RRC + flip) with --workers processes into the GPU, the engine trained from those shards, and
-torchvision.io.decode_jpeg on the GPU (standalone: the pipeline has no GPU-decode option).
+224 (RRC + flip) with --workers processes into the GPU and the engine trained from those shards, each
+with the workers decoding and with data.decode_on=device (nvJPEG through torchcodec, on the GPU).
 
     python benchmarks/gpu_throughput.py                        # H100/H200: everything (about 6 min)
     python benchmarks/gpu_throughput.py --parts model --no-compile --batch 256
@@ -102,6 +102,7 @@ def machine(dev: torch.device) -> dict:
     from importlib.metadata import version
     info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "host": platform.node(),
             "python": platform.python_version(), "torch": torch.__version__, "torchvision": version("torchvision"),
+            "torchcodec": version("torchcodec"),
             "timm": version("timm"), "cpus": os.cpu_count(), "load": round(os.getloadavg()[0], 2)}
     if dev.type == "cuda":
         p = torch.cuda.get_device_properties(dev)
@@ -319,15 +320,16 @@ def write_photos(root: Path, n: int, workers: int, sides=(375, 640)) -> None:
 
 # ------------------------------------------------------------------------------------------ data part
 
-def feed_rate(s: Setup, shards: Path, workers: int) -> float:
-    """The engine's loader at s.img (RRC + flip, JPEG draft decoding) with `workers` processes, into the
-    device and normalised there, as in training: images/s over one pass after the first batch."""
+def feed_rate(s: Setup, shards: Path, workers: int, decode_on: str = "workers") -> float:
+    """The engine's loader at s.img (RRC + flip) with `workers` processes, into the device and normalised
+    there, as in training: images/s over one pass after the first batch. decode_on=workers: the workers
+    decode (JPEG draft decoding); decode_on=device: they only draw the crops, nvJPEG decodes on the device."""
     from imgtrain import config as C
     from imgtrain import tasks
-    from imgtrain.data import Normalizer, build_split, dataset_info, make_loader, train_batches
+    from imgtrain.data import Normalizer, build_split, dataset_info, images_on_device, make_loader, train_batches
     cfg = C.load(None, [f"data.path={shards}", f"data.img_size={s.img}", f"data.batch_size={s.batch}",
                         f"data.num_workers={workers}", "data.interpolation=bilinear", "data.val_split=null",
-                        "data.test_split=null"])
+                        "data.test_split=null", f"data.decode_on={decode_on}"])
     info = dataset_info(cfg)
     ds = build_split(cfg, info, "train", tasks.build(cfg.task, info.num_outputs), train=True, mean=MEAN, std=STD)
     batches = train_batches(ds, seed=0, epoch=0, buffer=cfg.data.shuffle_buffer, batch=s.batch, rank=0, world=1)
@@ -336,13 +338,13 @@ def feed_rate(s: Setup, shards: Path, workers: int) -> float:
     next(it)
     n, t0 = 0, time.perf_counter()
     for b in it:
-        x = normalize(b["image"].to(s.device, non_blocking=True))
-        n += len(x)
+        x, _ = images_on_device(b, s.device, s.img, "bilinear")
+        n += len(normalize(x))
     sync(s.device)
     return n / (time.perf_counter() - t0)
 
 
-def engine_from_shards(s: Setup, shards: Path, out: Path, workers: int) -> float:
+def engine_from_shards(s: Setup, shards: Path, out: Path, workers: int, decode_on: str = "workers") -> float:
     """The engine trained from the JPEG shards (its real loader): mean logged images/s after the first window."""
     from imgtrain import config as C
     from imgtrain.engine import dist
@@ -353,7 +355,8 @@ def engine_from_shards(s: Setup, shards: Path, out: Path, workers: int) -> float
                         f"data.num_workers={workers}", "data.interpolation=bilinear", "optim.name=adamw",
                         "trainer.epochs=1", f"trainer.max_steps={steps}",
                         f"trainer.log_every_steps={max(1, steps // 6)}", "trainer.log_every_seconds=1e9",
-                        f"output.root={out}", "output.run=from-shards", *s.overrides()])
+                        f"output.root={out}", f"output.run=from-shards-{decode_on}", f"data.decode_on={decode_on}",
+                        *s.overrides()])
     result = run(cfg, dist.DistEnv(device=s.device))
     if result.status != "DONE":
         raise RuntimeError(f"engine run from shards ended {result.status}")
@@ -364,43 +367,6 @@ def engine_from_shards(s: Setup, shards: Path, out: Path, workers: int) -> float
 
 def len_train(shards: Path) -> int:
     return int(json.loads((shards / "manifest.json").read_text())["splits"]["train"]["count"])
-
-
-def gpu_decode_rate(s: Setup, shards: Path, limit: int) -> float:
-    """torchvision.io.decode_jpeg on s.device in batches, then RRC + flip + normalise there; the JPEG
-    bytes are read from the shards in this process (counted). Standalone: not wired into the loader."""
-    import torchvision
-    from torchvision.transforms import RandomResizedCrop
-    from torchvision.transforms.v2 import functional as TF
-    from imgtrain.data import ShardSplit, Normalizer
-    from shards.manifest import load_manifest
-    manifest = load_manifest(shards)
-    ds = ShardSplit(shards, manifest, "train", transform=None, target_fn=None, seed=0)
-    n = min(limit, len(ds))
-    normalize = Normalizer(MEAN, STD, s.device)
-    g = torch.Generator().manual_seed(0)
-
-    def batch(lo: int) -> torch.Tensor:
-        raw = []
-        for i in range(lo, min(n, lo + s.batch)):
-            _, members = ds.reader.read(*ds.locate(i))
-            data = next(members[e] for e in ("jpg", "jpeg") if e in members)
-            raw.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        imgs = torchvision.io.decode_jpeg(raw, mode=torchvision.io.ImageReadMode.RGB, device=s.device)
-        out = []
-        for img in imgs:
-            top, left, h, w = RandomResizedCrop.get_params(img, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
-            img = TF.resized_crop(img, top, left, h, w, [s.img, s.img], antialias=True)
-            out.append(img.flip(-1) if torch.rand(1, generator=g) < 0.5 else img)
-        return normalize(torch.stack(out))
-
-    batch(0)  # nvjpeg and kernel start-up
-    sync(s.device)
-    t0, done = time.perf_counter(), 0
-    for lo in range(0, n, s.batch):
-        done += len(batch(lo))
-    sync(s.device)
-    return done / (time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------------------ CIFAR-10
@@ -560,20 +526,20 @@ def main() -> int:
         write_photos(photos, n, args.workers, sides=(48, 96) if args.smoke else (375, 640))
         pack("imagefolder", photos, shards, args.workers)
         print(f"data: {n} JPEGs written and packed into {shards} in {time.perf_counter() - t0:.1f}s", flush=True)
-        feed = feed_rate(s, shards, args.workers)
-        trained = engine_from_shards(s, shards, tmp, args.workers)
-        decoded = gpu_decode_rate(s, shards, n)
-        results["data"] = {"images": n, "workers": args.workers, "loader_img_s": feed,
-                           "engine_from_shards_img_s": trained, "decode_jpeg_img_s": decoded,
+        feed = {where: feed_rate(s, shards, args.workers, where) for where in ("workers", "device")}
+        trained = {where: engine_from_shards(s, shards, tmp, args.workers, where) for where in ("workers", "device")}
+        results["data"] = {"images": n, "workers": args.workers, "loader_img_s": feed["workers"],
+                           "engine_from_shards_img_s": trained["workers"], "loader_decode_on_device_img_s":
+                           feed["device"], "engine_decode_on_device_img_s": trained["device"],
                            "decode_device": str(dev)}
-        print(f"data: loader at {s.img} px (RRC + flip, draft decoding), {args.workers} workers, into the device: "
-              f"{feed:.1f} img/s", flush=True)
-        print(f"data: engine trained from these shards (eager): {trained:.1f} img/s", flush=True)
+        for where, how in (("workers", "the workers decode (draft decoding)"),
+                           ("device", f"data.decode_on=device: nvJPEG on {dev}, workers draw the crops")):
+            print(f"data: loader at {s.img} px (RRC + flip), {args.workers} workers, {how}: into the device "
+                  f"{feed[where]:.1f} img/s; the engine trained from these shards (eager) {trained[where]:.1f} img/s",
+                  flush=True)
         for mode, r in engine_rates.items():
             print(f"data: the engine consumes {r:.1f} img/s ({mode}, from memory): the loader feeds "
-                  f"{feed / r:.2f}x that", flush=True)
-        print(f"data: torchvision.io.decode_jpeg on {dev} (batched) + RRC + flip + normalise there, bytes read in "
-              f"one process: {decoded:.1f} img/s (standalone: the pipeline has no GPU-decode option)", flush=True)
+                  f"{feed['workers'] / r:.2f}x that, {feed['device'] / r:.2f}x with data.decode_on=device", flush=True)
     return done(min(ratios) if ratios else 0.0)
 
 

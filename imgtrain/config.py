@@ -69,6 +69,9 @@ class DataConfig:
     mixup_prob: float = 1.0
     max_bad_fraction: float = 0.01  # undecodable samples tolerated before the run stops
     jpeg_draft: bool = True  # decode large JPEGs at a reduced DCT scale that still covers the input size
+    # where training JPEGs are decoded: "workers" (CPU) or "device" (nvJPEG on the GPU, for the plain
+    # random-resized-crop + flip, when the workers cannot keep up; see imgtrain/data/device_decode.py)
+    decode_on: str = _added("workers")
 
 
 @dataclass
@@ -204,6 +207,7 @@ CHOICES = {
     "dist.backend": ("auto", "nccl", "gloo"),
     "dist.zero_stage": (0, 1, 2, 3),
     "data.interpolation": ("bilinear", "bicubic", "nearest", "random"),
+    "data.decode_on": ("workers", "device"),
 }
 
 

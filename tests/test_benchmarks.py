@@ -36,8 +36,9 @@ def test_gpu_throughput_smoke_measures_every_part(tmp_path):
     for mode in ("eager", "compile"):
         assert r[mode]["bare_img_s"] > 0 and r[mode]["engine_img_s"] > 0 and r[mode]["engine_mfu"] > 0
     d = r["data"]
-    assert d["loader_img_s"] > 0 and d["engine_from_shards_img_s"] > 0 and d["decode_jpeg_img_s"] > 0
-    assert "the engine consumes" in proc.stdout and "decode_jpeg" in proc.stdout
+    assert d["loader_img_s"] > 0 and d["engine_from_shards_img_s"] > 0
+    assert d["loader_decode_on_device_img_s"] > 0 and d["engine_decode_on_device_img_s"] > 0
+    assert "the engine consumes" in proc.stdout and "data.decode_on=device: nvJPEG" in proc.stdout
 
 
 @pytest.mark.slow

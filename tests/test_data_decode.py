@@ -74,3 +74,57 @@ def test_crop_from_an_array_equals_the_crop_from_the_pil_image():
         torch.manual_seed(seed)
         from_pil = fast(decode_image(data, "RGB", 64, as_array=False))
         assert from_array.shape == (3, 64, 64) and torch.equal(from_array, from_pil)
+
+
+def _split(shards, *overrides, train=True):
+    from imgtrain import config as C
+    from imgtrain import tasks
+    from imgtrain.data import build_split, dataset_info
+    cfg = C.load(None, [f"data.path={shards}", "data.img_size=32", "data.interpolation=bilinear",
+                        "data.val_split=null", "data.test_split=null", *overrides])
+    info = dataset_info(cfg)
+    return build_split(cfg, info, "train", tasks.build(cfg.task, info.num_outputs), train=train,
+                       mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def test_device_decoding_gives_the_workers_crops_and_drops_what_it_cannot_decode(tmp_path):
+    """data.decode_on=device: the workers defer JPEGs (not PNGs) and draw the same boxes and flips; the
+    device's decode + crop + resize gives the CPU path's pixels to rounding; a broken file is reported."""
+    import shards.cli
+    from imgtrain.data import images_on_device
+    from imgtrain.data.loader import collate
+    from sourcedata import write_imagefolder
+
+    src = write_imagefolder(tmp_path / "src", classes=("a", "b"), n_per_class=6, formats=("jpg", "jpg", "png"),
+                            size=(72, 96))
+    packed = tmp_path / "shards"
+    assert shards.cli.main(["pack", "imagefolder", str(src), str(packed), "--val-fraction", "0"]) == 0
+    # no DCT-scaled decoding, so that both paths draw their boxes on the full-size image
+    on_cpu = _split(packed, "data.decode_on=workers", "data.jpeg_draft=false")
+    on_device = _split(packed, "data.decode_on=device", "data.jpeg_draft=false")
+    assert on_device.defer_jpegs and not on_cpu.defer_jpegs
+    cpu_batch = collate([on_cpu[(0, i)] for i in range(len(on_cpu))])
+    batch = collate([on_device[(0, i)] for i in range(len(on_device))])
+    assert len(batch["jpeg"]["boxes"]) == 8 and len(batch["image"]) == 4  # the PNGs were decoded by workers
+    images, targets = images_on_device(batch, torch.device("cpu"), 32, "bilinear")
+    assert images.shape == (12, 3, 32, 32) and images.dtype == torch.uint8 and not batch["bad"]
+    order = {int(i): k for k, i in enumerate(cpu_batch["index"])}
+    rows = [order[int(i)] for i in batch["index"]]
+    assert torch.equal(targets, cpu_batch["target"][rows])
+    diff = (images.float() - cpu_batch["image"][rows].float()).abs()
+    assert diff.max() <= 2 and diff.mean() < 0.3  # float vs uint8 antialiasing kernels, of 255
+    assert batch["jpeg"]["boxes"][:, 4].sum() not in (0, 8)  # flips drawn per sample, as on the CPU
+
+    broken = dict(batch, bad=[], jpeg=dict(batch["jpeg"]))
+    data = broken["jpeg"]["data"].clone()
+    start = int(broken["jpeg"]["offsets"][1])
+    data[start + 2:start + 40] = 0  # the second JPEG's headers, zeroed: its end marker stays
+    broken["jpeg"]["data"] = data
+    images2, targets2 = images_on_device(broken, torch.device("cpu"), 32, "bilinear")
+    assert len(images2) == len(targets2) == 11 and len(broken["bad"]) == 1
+    assert f"train:{int(batch['index'][5])}: undecodable image on cpu" in broken["bad"][0]
+    assert torch.equal(images2, torch.cat([images[:5], images[6:]]))
+
+    with pytest.raises(ValueError, match="data.decode_on=device"):
+        _split(packed, "data.decode_on=device", "data.simple_augment=true")
+    assert not _split(packed, "data.decode_on=device", train=False).defer_jpegs  # evaluation: the workers

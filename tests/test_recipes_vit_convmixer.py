@@ -265,9 +265,11 @@ def test_mobilevit_two_classes_balanced(data, spy, tmp_path):
     assert cfg.model.name == "mobilevit_s" and cfg.task.class_weights == "balanced"
     weights = tiny_weights(recipe, "mobilevit", tmp_path / "w.safetensors")
     shards_dir = data("twoclass")
-    _, m, _ = smoke(recipe, "mobilevit", shards_dir, tmp_path / "out", weights=weights)
+    # also the GPU-decoding path (data.decode_on=device), here on the CPU: the workers defer every JPEG
+    _, m, _ = smoke(recipe, "mobilevit", shards_dir, tmp_path / "out", "data.decode_on=device", weights=weights)
     trainer = the_trainer(spy)
     assert_loaded(spy, trainer)
+    assert trainer.train_ds.defer_jpegs and trainer.state.skipped == 0 and trainer.state.images >= 16
     counts = trainer.info.class_counts
     assert trainer.info.class_names == ["generated", "photo"] and counts[0] > counts[1] > 0
     expected = torch.tensor([sum(counts) / (2 * c) for c in counts])

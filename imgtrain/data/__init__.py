@@ -8,6 +8,7 @@ from typing import Optional
 from shards.manifest import load_manifest
 
 from imgtrain.config import Config
+from imgtrain.data.device_decode import images_on_device
 from imgtrain.data.loader import EvalBatches, ShardSplit, make_loader, train_batches
 from imgtrain.data.order import TrainPlan, epoch_order, eval_positions
 from imgtrain.data.transforms import Normalizer, build_mixup, build_transform, decode_size, resolve_norm
@@ -38,11 +39,17 @@ def dataset_info(cfg: Config) -> DatasetInfo:
 
 
 def build_split(cfg: Config, info: DatasetInfo, split: str, task, *, train: bool, mean, std) -> ShardSplit:
-    return ShardSplit(info.root, info.manifest, split, build_transform(cfg.data, train, mean, std),
+    transform = build_transform(cfg.data, train, mean, std)
+    defer = train and cfg.data.decode_on == "device"
+    if defer and not (getattr(transform, "takes_array", False) and cfg.data.in_chans == 3):
+        raise ValueError("data.decode_on=device decodes RGB JPEGs for the plain random-resized-crop + flip; "
+                         "it cannot run with data.simple_augment, auto_augment, color_jitter, vflip, "
+                         "interpolation other than bilinear/bicubic, or in_chans=1: set data.decode_on=workers")
+    return ShardSplit(info.root, info.manifest, split, transform,
                       task.target_from_sample, seed=cfg.trainer.seed, in_chans=cfg.data.in_chans,
                       task=info.task, mean=mean, std=std,
-                      draft=decode_size(cfg.data, train) if cfg.data.jpeg_draft else None)
+                      draft=decode_size(cfg.data, train) if cfg.data.jpeg_draft else None, defer_jpegs=defer)
 
 
 __all__ = ["DatasetInfo", "dataset_info", "build_split", "build_mixup", "resolve_norm", "ShardSplit", "Normalizer",
-           "make_loader", "train_batches", "EvalBatches", "TrainPlan", "epoch_order", "eval_positions"]
+           "make_loader", "train_batches", "images_on_device", "EvalBatches", "TrainPlan", "epoch_order", "eval_positions"]

@@ -59,11 +59,20 @@ def cv2_module():
     return cv2
 
 
-def _jpeg_to_array(data: bytes, draft: Optional[int]) -> Optional[np.ndarray]:
-    """HWC uint8 RGB, or None where PIL should decode: not a JPEG, CMYK (converted differently), or no
-    end-of-image marker (PIL reports a truncated file; OpenCV would fill it in silently)."""
+def plain_jpeg_frame(data: bytes) -> Optional[tuple[int, int, int]]:
+    """jpeg_frame for a JPEG that decoders other than PIL may take; None for the rest: not a JPEG, CMYK
+    (converted differently), or no end-of-image marker (PIL reports a truncated file; OpenCV and nvJPEG
+    would fill it in silently)."""
     frame = jpeg_frame(data)
     if frame is None or frame[2] not in (1, 3) or not data.endswith(b"\xff\xd9"):
+        return None
+    return frame
+
+
+def _jpeg_to_array(data: bytes, draft: Optional[int]) -> Optional[np.ndarray]:
+    """HWC uint8 RGB, or None where PIL should decode (see plain_jpeg_frame)."""
+    frame = plain_jpeg_frame(data)
+    if frame is None:
         return None
     try:
         cv2 = cv2_module()

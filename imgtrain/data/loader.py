@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from imgtrain.data.decode import decode_image
+from imgtrain.data.decode import decode_image, plain_jpeg_frame
+from imgtrain.data.device_decode import JpegCrop, pack
 from imgtrain.data.order import TrainPlan, epoch_order, eval_positions
 from imgtrain.data.tarindex import ShardReader, index_shard
 
@@ -25,7 +26,7 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm")
 
 @dataclass
 class Sample:
-    image: torch.Tensor
+    image: torch.Tensor | JpegCrop  # JpegCrop: left for the training device to decode (device_decode.py)
     target: torch.Tensor
     index: int  # global sample index in the split (manifest order)
 
@@ -39,7 +40,8 @@ class ShardSplit(Dataset):
 
     def __init__(self, root: str | Path, manifest: dict, split: str, transform: Callable,
                  target_fn: Callable[[Optional[int], dict], torch.Tensor], *, seed: int, in_chans: int = 3,
-                 task: str = "classification", mean=(0.5,), std=(0.5,), draft: Optional[int] = None):
+                 task: str = "classification", mean=(0.5,), std=(0.5,), draft: Optional[int] = None,
+                 defer_jpegs: bool = False):
         if split not in manifest["splits"]:
             raise ValueError(f"{root}/manifest.json has no split '{split}' (it has: {', '.join(manifest['splits'])})")
         info = manifest["splits"][split]
@@ -54,6 +56,8 @@ class ShardSplit(Dataset):
         self.mean, self.std = tuple(mean), tuple(std)  # applied per batch on the device (Normalizer)
         self.draft = draft
         self.decode_to_array = getattr(transform, "takes_array", False)
+        # data.decode_on=device: the fast crop path's JPEGs stay compressed; the transform draws their boxes
+        self.defer_jpegs = defer_jpegs and self.decode_to_array and self.mode == "RGB"
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -85,6 +89,12 @@ class ShardSplit(Dataset):
             raise BadSample(f"sample {key} in {self.shard_files[shard]}: bad label ({e})") from None
         if self.task == "classification" and cls is None:
             raise BadSample(f"sample {key} in {self.shard_files[shard]} has no cls label")
+        frame = plain_jpeg_frame(members[ext]) if self.defer_jpegs else None
+        if frame is not None:
+            with _seeded(self.seed, epoch, index):
+                box = self.transform.box(frame[0], frame[1])
+                flip = self.transform.hflip > 0 and bool(torch.rand(1) < self.transform.hflip)
+            return Sample(JpegCrop(members[ext], box, flip), self.target_fn(cls, meta), index)
         try:
             img = decode_image(members[ext], self.mode, self.draft, self.decode_to_array)
         except Exception as e:  # PIL raises many types for broken files
@@ -149,13 +159,16 @@ def _stack_images(images: list[torch.Tensor]) -> torch.Tensor:
 def collate(items) -> dict:
     good = [s for s in items if isinstance(s, Sample)]
     bad = [s[1] for s in items if not isinstance(s, Sample)]
-    if good:
-        images = _stack_images([s.image for s in good])
-        targets = torch.stack([s.target for s in good])
-    else:
-        images, targets = torch.zeros(0), torch.zeros(0)
-    return {"image": images, "target": targets, "index": torch.tensor([s.index for s in good], dtype=torch.long),
-            "bad": bad}
+    decoded = [s for s in good if not isinstance(s.image, JpegCrop)]
+    deferred = [s for s in good if isinstance(s.image, JpegCrop)]
+    good = decoded + deferred  # the device appends the deferred images after the decoded ones
+    images = _stack_images([s.image for s in decoded]) if decoded else torch.zeros(0)
+    targets = torch.stack([s.target for s in good]) if good else torch.zeros(0)
+    batch = {"image": images, "target": targets, "index": torch.tensor([s.index for s in good], dtype=torch.long),
+             "bad": bad}
+    if deferred:
+        batch["jpeg"] = pack([s.image for s in deferred])
+    return batch
 
 
 class TrainBatches:

@@ -27,8 +27,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from imgtrain import config as C
 from imgtrain import models, tasks
-from imgtrain.data import (Normalizer, build_mixup, build_split, dataset_info, make_loader, resolve_norm,
-                           train_batches)
+from imgtrain.data import (Normalizer, build_mixup, build_split, dataset_info, images_on_device, make_loader,
+                           resolve_norm, train_batches)
 from imgtrain.data.loader import _seeded
 from imgtrain.engine import dist
 from imgtrain.engine.checkpoint import Checkpointer, rng_state, set_rng_state
@@ -445,7 +445,9 @@ class Trainer:
                 self.ddp_model = torch.compile(self.ddp_model)
 
     def forward_backward(self, b: dict, epoch: int, position: int, sync: bool) -> tuple[float, int]:
-        x, y = b["image"], b["target"]
+        data = self.cfg.data
+        # data.decode_on=device: the batch's deferred JPEGs are decoded here (a failure lands in b["bad"])
+        x, y = images_on_device(b, self.env.device, data.img_size, data.interpolation)
         for why in b["bad"]:
             self.last_bad = why
             warnings.warn(f"skipped training sample {why}")
@@ -454,8 +456,7 @@ class Trainer:
         # the loader may hand over channels_last batches; the model's layout decides (a mismatch costs DDP a
         # gradient copy per bucket), and re-laying out the uint8 batch is 4x cheaper than the float one
         fmt = torch.channels_last if self.cfg.trainer.channels_last else torch.contiguous_format
-        x = self.normalize(x.to(self.env.device, non_blocking=True).contiguous(memory_format=fmt), train=True)
-        y = y.to(self.env.device, non_blocking=True)
+        x = self.normalize(x.contiguous(memory_format=fmt), train=True)
         if self.mixup is not None and len(x):
             with _seeded(self.cfg.trainer.seed, epoch, position + self.env.rank):
                 x, y = self.mixup(x, y)
