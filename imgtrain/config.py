@@ -73,6 +73,12 @@ class DataConfig:
     # random-resized-crop + flip, when the workers cannot keep up; see imgtrain/data/device_decode.py)
     decode_on: str = _added("workers")
 
+    def plain_crop(self) -> bool:
+        """Training augmentation is only random-resized-crop + flip: the loader's fast path, which takes
+        JPEGs as arrays (data/transforms.py) or leaves them to the device (data.decode_on=device)."""
+        return not (self.simple_augment or self.auto_augment or self.color_jitter or self.vflip > 0
+                    or self.interpolation not in ("bilinear", "bicubic"))
+
 
 @dataclass
 class ModelConfig:
@@ -447,6 +453,11 @@ def from_dict(data: dict, origins: Optional[dict[str, str]] = None, overrides: t
         key = missing[0]
         where = origins.get(key, "no file sets it")
         raise ConfigError(f"missing required value '{key}' [{where}]; set it in the config or with {key}=...")
+    if cfg.data.decode_on == "device" and not (cfg.data.plain_crop() and cfg.data.in_chans == 3):
+        raise ConfigError(f"data.decode_on=device [{origins.get('data.decode_on', '?')}] decodes RGB JPEGs for the "
+                          "plain random-resized-crop + flip: it cannot run with data.simple_augment, auto_augment, "
+                          "color_jitter, vflip, an interpolation other than bilinear/bicubic, or in_chans=1; "
+                          "set data.decode_on=workers")
     return cfg
 
 

@@ -125,6 +125,7 @@ def test_device_decoding_gives_the_workers_crops_and_drops_what_it_cannot_decode
     assert f"train:{int(batch['index'][5])}: undecodable image on cpu" in broken["bad"][0]
     assert torch.equal(images2, torch.cat([images[:5], images[6:]]))
 
-    with pytest.raises(ValueError, match="data.decode_on=device"):
-        _split(packed, "data.decode_on=device", "data.simple_augment=true")
+    from imgtrain.config import ConfigError
+    with pytest.raises(ConfigError, match=r"data.decode_on=device \[override 'data.decode_on=device'\].*simple_augment"):
+        _split(packed, "data.decode_on=device", "data.simple_augment=true")  # when the config loads
     assert not _split(packed, "data.decode_on=device", train=False).defer_jpegs  # evaluation: the workers

@@ -39,16 +39,11 @@ def dataset_info(cfg: Config) -> DatasetInfo:
 
 
 def build_split(cfg: Config, info: DatasetInfo, split: str, task, *, train: bool, mean, std) -> ShardSplit:
-    transform = build_transform(cfg.data, train, mean, std)
-    defer = train and cfg.data.decode_on == "device"
-    if defer and not (getattr(transform, "takes_array", False) and cfg.data.in_chans == 3):
-        raise ValueError("data.decode_on=device decodes RGB JPEGs for the plain random-resized-crop + flip; "
-                         "it cannot run with data.simple_augment, auto_augment, color_jitter, vflip, "
-                         "interpolation other than bilinear/bicubic, or in_chans=1: set data.decode_on=workers")
-    return ShardSplit(info.root, info.manifest, split, transform,
+    return ShardSplit(info.root, info.manifest, split, build_transform(cfg.data, train, mean, std),
                       task.target_from_sample, seed=cfg.trainer.seed, in_chans=cfg.data.in_chans,
                       task=info.task, mean=mean, std=std,
-                      draft=decode_size(cfg.data, train) if cfg.data.jpeg_draft else None, defer_jpegs=defer)
+                      draft=decode_size(cfg.data, train) if cfg.data.jpeg_draft else None,
+                      defer_jpegs=train and cfg.data.decode_on == "device")  # config checked that it can
 
 
 __all__ = ["DatasetInfo", "dataset_info", "build_split", "build_mixup", "resolve_norm", "ShardSplit", "Normalizer",

@@ -86,11 +86,6 @@ class FastResizedCropFlip:
         return out
 
 
-def _fast_train_path(cfg: DataConfig) -> bool:
-    return not (cfg.auto_augment or cfg.color_jitter or cfg.vflip > 0
-                or cfg.interpolation not in ("bilinear", "bicubic"))
-
-
 def build_transform(cfg: DataConfig, train: bool, mean, std):
     """PIL image -> uint8 CHW tensor (augmented when `train`); see Normalizer for the rest."""
     if cfg.simple_augment:
@@ -101,7 +96,7 @@ def build_transform(cfg: DataConfig, train: bool, mean, std):
             if cfg.hflip > 0:
                 steps.append(T.RandomHorizontalFlip(cfg.hflip))
         return T.Compose(steps + [T.PILToTensor()])
-    if train and _fast_train_path(cfg):
+    if train and cfg.plain_crop():
         return FastResizedCropFlip(cfg.img_size, cfg.scale, cfg.ratio, cfg.interpolation, cfg.hflip)
     kwargs = dict(input_size=(cfg.in_chans, cfg.img_size, cfg.img_size), is_training=train,
                   interpolation=cfg.interpolation, mean=mean, std=std, crop_pct=cfg.crop_pct, use_prefetcher=True)
