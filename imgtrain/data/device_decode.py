@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchcodec.decoders import decode_jpeg
 
 
 @dataclass
@@ -39,7 +38,9 @@ def pack(crops: list[JpegCrop]) -> dict:
 
 
 def _decode_all(raw: list[torch.Tensor], device: torch.device) -> list:
-    """Batched decode; if any file breaks the batch, each on its own (None for the broken ones)."""
+    """Batched decode; if any file breaks the batch, each on its own (the error for the broken ones)."""
+    from torchcodec.decoders import decode_jpeg  # only data.decode_on=device needs it
+
     try:
         return decode_jpeg(raw, mode="RGB", device=device)
     except RuntimeError:
