@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imgtrain.data.decode import decode_image, draft_factor, jpeg_frame
+from imgtrain.data.decode import decode_image, device_jpeg_frame, draft_factor, jpeg_frame, plain_jpeg_frame
 from imgtrain.data.transforms import FastResizedCropFlip
 from sourcedata import photos
 
@@ -36,7 +36,9 @@ def test_array_decoding_gives_pils_pixels_at_pils_draft_scale(kind, draft, facto
     data = {"rgb": lambda: _jpeg(PHOTO), "grey": lambda: _jpeg(PHOTO, "L"),
             "progressive": lambda: _jpeg(PHOTO, progressive=True),
             "exif-rotated": lambda: _jpeg(PHOTO, exif=exif.tobytes())}[kind]()
-    assert jpeg_frame(data) == (900, 700, 1 if kind == "grey" else 3)
+    frame = jpeg_frame(data)
+    assert frame[:3] == (900, 700, 1 if kind == "grey" else 3) and frame.exif == (kind == "exif-rotated")
+    assert frame.precision == 8 and frame.marker == (0xC2 if kind == "progressive" else 0xC0)
     assert draft_factor(900, 700, draft) == factor
     ours = decode_image(data, "RGB", draft, as_array=True)
     assert isinstance(ours, np.ndarray) and ours.dtype == np.uint8
@@ -63,6 +65,38 @@ def test_pil_decodes_what_the_array_path_must_not_and_errors_pass_through():
     assert jpeg_frame(b"\xff\xd8\xff\xe0\x00") is None and jpeg_frame(png.getvalue()) is None
 
 
+def test_only_upright_8_bit_huffman_jpegs_go_to_the_device_and_bombs_go_to_pil():
+    """nvJPEG takes 8-bit Huffman JPEGs; torchcodec applies EXIF orientation (the loader does not), so a
+    rotated file stays with the workers; a frame over PIL's pixel limit gets PIL's warning or refusal."""
+    upright, rotated = Image.Exif(), Image.Exif()
+    upright[0x0112], rotated[0x0112] = 1, 6
+    assert device_jpeg_frame(_jpeg(PHOTO)) is not None
+    assert device_jpeg_frame(_jpeg(PHOTO, exif=upright.tobytes())) is not None
+    assert device_jpeg_frame(_jpeg(PHOTO, exif=rotated.tobytes())) is None
+    assert plain_jpeg_frame(_jpeg(PHOTO, exif=rotated.tobytes())) is not None  # the workers' OpenCV: no rotation
+    data = bytearray(_jpeg(PHOTO))
+    sof = data.index(b"\xff\xc0")
+    for offset, value in ((1, 0xC9), (4, 12)):  # arithmetic coding; 12-bit samples
+        odd = bytearray(data)
+        odd[sof + offset] = value
+        assert plain_jpeg_frame(bytes(odd)) is not None and device_jpeg_frame(bytes(odd)) is None
+    bomb = bytearray(data)
+    bomb[sof + 5:sof + 9] = (30000).to_bytes(2, "big") * 2  # 30000 x 30000 declared
+    assert jpeg_frame(bytes(bomb))[:2] == (30000, 30000) and plain_jpeg_frame(bytes(bomb)) is None
+    with pytest.raises(Image.DecompressionBombError):  # what the PIL path then reports (a bad sample)
+        decode_image(bytes(bomb), "RGB", 224, as_array=True)
+
+
+def test_normalizer_channels_last_rows_equal_the_plain_path():
+    from imgtrain.data import Normalizer
+    x = torch.randint(0, 256, (3, 3, 5, 7), dtype=torch.uint8)
+    for mean, std in (((0.4, 0.5, 0.6), (0.2, 0.25, 0.3)), ((0.5,), (0.25,))):  # one value for all channels too
+        norm = Normalizer(mean, std, torch.device("cpu"))
+        plain = norm(x)
+        rows = norm(x.contiguous(memory_format=torch.channels_last))
+        assert rows.is_contiguous(memory_format=torch.channels_last) and torch.allclose(plain, rows, atol=1e-6)
+
+
 def test_crop_from_an_array_equals_the_crop_from_the_pil_image():
     data = _jpeg(PHOTO)
     fast = FastResizedCropFlip(64, (0.08, 1.0), (3 / 4, 4 / 3), "bicubic", hflip=0.5)
@@ -87,33 +121,52 @@ def _split(shards, *overrides, train=True):
                        mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
-def test_device_decoding_gives_the_workers_crops_and_drops_what_it_cannot_decode(tmp_path):
-    """data.decode_on=device: the workers defer JPEGs (not PNGs) and draw the same boxes and flips; the
-    device's decode + crop + resize gives the CPU path's pixels to rounding; a broken file is reported."""
+def test_device_decoding_gives_the_workers_crops_and_drops_what_it_cannot_decode(tmp_path, monkeypatch):
+    """data.decode_on=device: the workers defer upright JPEGs (not PNGs or rotated files) and draw the
+    same boxes and flips; the device's decode + crop + resize gives the CPU path's pixels to rounding,
+    in chunks or not; with draft decoding the crops cover the same regions; a broken file is reported."""
     import shards.cli
-    from imgtrain.data import images_on_device
+    from imgtrain.data import device_decode, images_on_device
     from imgtrain.data.loader import collate
     from sourcedata import write_imagefolder
 
     src = write_imagefolder(tmp_path / "src", classes=("a", "b"), n_per_class=6, formats=("jpg", "jpg", "png"),
                             size=(72, 96))
+    rotated = Image.Exif()
+    rotated[0x0112] = 6
+    (src / "a" / "rotated.jpg").write_bytes(_jpeg(photos(1, size=(72, 96), seed=9)[0], exif=rotated.tobytes()))
     packed = tmp_path / "shards"
     assert shards.cli.main(["pack", "imagefolder", str(src), str(packed), "--val-fraction", "0"]) == 0
-    # no DCT-scaled decoding, so that both paths draw their boxes on the full-size image
-    on_cpu = _split(packed, "data.decode_on=workers", "data.jpeg_draft=false")
-    on_device = _split(packed, "data.decode_on=device", "data.jpeg_draft=false")
+
+    def batches(*overrides):
+        split = _split(packed, *overrides)
+        return split, collate([split[(0, i)] for i in range(len(split))])
+
+    # no DCT-scaled decoding first, so that both paths decode and crop the same full-size pixels
+    on_cpu, cpu_batch = batches("data.decode_on=workers", "data.jpeg_draft=false")
+    on_device, batch = batches("data.decode_on=device", "data.jpeg_draft=false")
     assert on_device.defer_jpegs and not on_cpu.defer_jpegs
-    cpu_batch = collate([on_cpu[(0, i)] for i in range(len(on_cpu))])
-    batch = collate([on_device[(0, i)] for i in range(len(on_device))])
-    assert len(batch["jpeg"]["boxes"]) == 8 and len(batch["image"]) == 4  # the PNGs were decoded by workers
-    images, targets = images_on_device(batch, torch.device("cpu"), 32, "bilinear")
-    assert images.shape == (12, 3, 32, 32) and images.dtype == torch.uint8 and not batch["bad"]
+    assert len(batch["jpeg"]["boxes"]) == 8 and len(batch["image"]) == 5  # PNGs and the rotated JPEG: workers
+    full, targets = images_on_device(batch, torch.device("cpu"), 32, "bilinear")
+    assert full.shape == (13, 3, 32, 32) and full.dtype == torch.uint8 and not batch["bad"]
     order = {int(i): k for k, i in enumerate(cpu_batch["index"])}
     rows = [order[int(i)] for i in batch["index"]]
     assert torch.equal(targets, cpu_batch["target"][rows])
-    diff = (images.float() - cpu_batch["image"][rows].float()).abs()
+    diff = (full.float() - cpu_batch["image"][rows].float()).abs()
     assert diff.max() <= 2 and diff.mean() < 0.3  # float vs uint8 antialiasing kernels, of 255
     assert batch["jpeg"]["boxes"][:, 4].sum() not in (0, 8)  # flips drawn per sample, as on the CPU
+    monkeypatch.setattr(device_decode, "CHUNK_PIXELS", 2 * 72 * 96)  # two images per decoder call
+    assert torch.equal(images_on_device(dict(batch, bad=[]), torch.device("cpu"), 32, "bilinear")[0], full)
+    monkeypatch.undo()
+
+    # draft decoding (the default): the workers decode these at half size; the device crops the same regions
+    _, cpu_draft = batches("data.decode_on=workers")
+    _, draft = batches("data.decode_on=device")
+    assert (draft["jpeg"]["boxes"][:, :4] % 2 == 0).all()  # boxes drawn at half size, scaled by 2
+    images, _ = images_on_device(draft, torch.device("cpu"), 32, "bilinear")
+    diff = (images.float() - cpu_draft["image"][[order[int(i)] for i in draft["index"]]].float()).abs()
+    print("draft: mean abs difference of deferred crops", float(diff[5:].mean()))
+    assert diff[5:].mean() < 6 and diff[:5].max() == 0  # deferred: same region, other decoder; the rest equal
 
     broken = dict(batch, bad=[], jpeg=dict(batch["jpeg"]))
     data = broken["jpeg"]["data"].clone()
@@ -121,9 +174,12 @@ def test_device_decoding_gives_the_workers_crops_and_drops_what_it_cannot_decode
     data[start + 2:start + 40] = 0  # the second JPEG's headers, zeroed: its end marker stays
     broken["jpeg"]["data"] = data
     images2, targets2 = images_on_device(broken, torch.device("cpu"), 32, "bilinear")
-    assert len(images2) == len(targets2) == 11 and len(broken["bad"]) == 1
-    assert f"train:{int(batch['index'][5])}: undecodable image on cpu" in broken["bad"][0]
-    assert torch.equal(images2, torch.cat([images[:5], images[6:]]))
+    assert len(images2) == len(targets2) == 12 and len(broken["bad"]) == 1
+    assert f"train:{int(batch['index'][6])}: undecodable image on cpu" in broken["bad"][0]
+    assert torch.equal(images2, torch.cat([full[:6], full[7:]]))
+    all_bad = {"image": torch.zeros(0), "target": torch.zeros(0), "index": torch.zeros(0, dtype=torch.long),
+               "bad": ["x"]}
+    assert images_on_device(all_bad, torch.device("cpu"), 32, "bilinear")[0].shape == (0, 3, 32, 32)
 
     from imgtrain.config import ConfigError
     with pytest.raises(ConfigError, match=r"data.decode_on=device \[override 'data.decode_on=device'\].*simple_augment"):

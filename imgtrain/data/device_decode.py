@@ -12,6 +12,7 @@ the batch's decoded part.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 import torch
@@ -24,22 +25,49 @@ class JpegCrop:
     data: bytes
     box: tuple[int, int, int, int]  # top, left, height, width in the full-size image
     flip: bool
+    size: tuple[int, int]  # width, height of the full-size image
 
 
 def pack(crops: list[JpegCrop]) -> dict:
     """One uint8 buffer for the batch's JPEGs (one shared-memory block through the worker queue, not one
-    per image), their offsets, and the boxes as rows of (top, left, height, width, flip)."""
+    per image), their offsets, and rows of (top, left, height, width, flip, full width, full height)."""
     sizes = [len(c.data) for c in crops]
     offsets = torch.zeros(len(crops) + 1, dtype=torch.long)
     offsets[1:] = torch.cumsum(torch.tensor(sizes, dtype=torch.long), 0)
     data = torch.frombuffer(bytearray(b"".join(c.data for c in crops)), dtype=torch.uint8)
-    boxes = torch.tensor([(*c.box, int(c.flip)) for c in crops], dtype=torch.long).view(-1, 5)
+    boxes = torch.tensor([(*c.box, int(c.flip), *c.size) for c in crops], dtype=torch.long).view(-1, 7)
     return {"data": data, "offsets": offsets, "boxes": boxes}
+
+
+def require_torchcodec() -> None:
+    """At start-up rather than at the first batch."""
+    try:
+        importlib.import_module("torchcodec.decoders")
+    except ImportError as e:
+        raise ImportError(f"data.decode_on=device decodes JPEGs with torchcodec, which does not import here ({e}); "
+                          "install requirements.txt or set data.decode_on=workers") from None
+
+
+# full-size pixels decoded per nvJPEG call: the decoded images of a chunk are held until they are cropped
+# (12-megapixel photos: 5 a call, 36 MB each; ImageNet-sized: the whole batch)
+CHUNK_PIXELS = 64 * 2**20
+
+
+def _chunks(sizes: list[tuple[int, int]]):
+    """Index ranges of consecutive images whose full-size pixels fit CHUNK_PIXELS (at least one each)."""
+    start, pixels = 0, 0
+    for k, (w, h) in enumerate(sizes):
+        if k > start and pixels + w * h > CHUNK_PIXELS:
+            yield start, k
+            start, pixels = k, 0
+        pixels += w * h
+    if start < len(sizes):
+        yield start, len(sizes)
 
 
 def _decode_all(raw: list[torch.Tensor], device: torch.device) -> list:
     """Batched decode; if any file breaks the batch, each on its own (the error for the broken ones)."""
-    from torchcodec.decoders import decode_jpeg  # only data.decode_on=device needs it
+    from torchcodec.decoders import decode_jpeg
 
     try:
         return decode_jpeg(raw, mode="RGB", device=device)
@@ -53,31 +81,35 @@ def _decode_all(raw: list[torch.Tensor], device: torch.device) -> list:
         return out
 
 
-def images_on_device(batch: dict, device: torch.device, size: int, interpolation: str):
+def images_on_device(batch: dict, device: torch.device, size: int, interpolation: str, channels: int = 3):
     """(uint8 NCHW images, targets) on `device`: the workers' decoded images, then the deferred JPEGs.
     A JPEG that fails to decode is dropped with its target and named in batch["bad"]."""
     images = batch["image"].to(device, non_blocking=True)
     targets = batch["target"].to(device, non_blocking=True)
+    if images.dim() != 4:  # no image decoded by the workers (all bad, or all deferred)
+        images = torch.zeros((0, channels, size, size), dtype=torch.uint8, device=device)
     jpegs = batch.get("jpeg")
     if not jpegs or not len(jpegs["boxes"]):
         return images, targets
     offsets = jpegs["offsets"].tolist()
     raw = [jpegs["data"][a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    rows = jpegs["boxes"].tolist()
     n_decoded = len(targets) - len(raw)
     keep = torch.ones(len(targets), dtype=torch.bool)
-    crops = [images] if len(images) else []
-    for k, (img, (top, left, h, w, flip)) in enumerate(zip(_decode_all(raw, device), jpegs["boxes"].tolist())):
-        if isinstance(img, Exception):
-            keep[n_decoded + k] = False
-            batch["bad"].append(f"train:{int(batch['index'][n_decoded + k])}: undecodable image on {device} ({img})")
-            continue
-        crop = img[None, :, top:top + h, left:left + w].float()
-        out = F.interpolate(crop, size=(size, size), mode=interpolation, antialias=True)
-        if flip:
-            out = out.flip(-1)
-        crops.append(out.round_().clamp_(0, 255).to(torch.uint8))
+    parts = [images]
+    for lo, hi in _chunks([(r[5], r[6]) for r in rows]):
+        for k, img in enumerate(_decode_all(raw[lo:hi], device), start=lo):
+            if isinstance(img, Exception):
+                keep[n_decoded + k] = False
+                batch["bad"].append(f"train:{int(batch['index'][n_decoded + k])}: undecodable image on {device} "
+                                    f"({img})")
+                continue
+            top, left, h, w, flip = rows[k][:5]
+            crop = img[None, :, top:top + h, left:left + w].float()
+            out = F.interpolate(crop, size=(size, size), mode=interpolation, antialias=True)
+            if flip:
+                out = out.flip(-1)
+            parts.append(out.round_().clamp_(0, 255).to(torch.uint8))
     if not bool(keep.all()):
         targets = targets[keep.to(targets.device)]
-    if not crops:
-        return images.new_zeros((0, 3, size, size)), targets
-    return torch.cat(crops), targets
+    return torch.cat(parts), targets

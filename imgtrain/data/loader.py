@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from imgtrain.data.decode import decode_image, plain_jpeg_frame
+from imgtrain.data.decode import decode_image, device_jpeg_frame, draft_factor
 from imgtrain.data.device_decode import JpegCrop, pack
 from imgtrain.data.order import TrainPlan, epoch_order, eval_positions
 from imgtrain.data.tarindex import ShardReader, index_shard
@@ -89,12 +89,18 @@ class ShardSplit(Dataset):
             raise BadSample(f"sample {key} in {self.shard_files[shard]}: bad label ({e})") from None
         if self.task == "classification" and cls is None:
             raise BadSample(f"sample {key} in {self.shard_files[shard]} has no cls label")
-        frame = plain_jpeg_frame(members[ext]) if self.defer_jpegs else None
+        frame = device_jpeg_frame(members[ext]) if self.defer_jpegs else None
         if frame is not None:
             with _seeded(self.seed, epoch, index):
-                box = self.transform.box(frame[0], frame[1])
+                # drawn on the size the workers would decode at (JPEG draft), then scaled to the full image:
+                # the device crops the region the CPU path would, whichever decode_on a resumed run uses
+                k = draft_factor(frame.width, frame.height, self.draft)
+                top, left, h, w = self.transform.box(-(-frame.width // k), -(-frame.height // k))
                 flip = self.transform.hflip > 0 and bool(torch.rand(1) < self.transform.hflip)
-            return Sample(JpegCrop(members[ext], box, flip), self.target_fn(cls, meta), index)
+            top, left = top * k, left * k
+            box = (top, left, min(h * k, frame.height - top), min(w * k, frame.width - left))
+            return Sample(JpegCrop(members[ext], box, flip, (frame.width, frame.height)), self.target_fn(cls, meta),
+                          index)
         try:
             img = decode_image(members[ext], self.mode, self.draft, self.decode_to_array)
         except Exception as e:  # PIL raises many types for broken files

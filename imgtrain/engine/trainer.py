@@ -447,7 +447,7 @@ class Trainer:
     def forward_backward(self, b: dict, epoch: int, position: int, sync: bool) -> tuple[float, int]:
         data = self.cfg.data
         # data.decode_on=device: the batch's deferred JPEGs are decoded here (a failure lands in b["bad"])
-        x, y = images_on_device(b, self.env.device, data.img_size, data.interpolation)
+        x, y = images_on_device(b, self.env.device, data.img_size, data.interpolation, data.in_chans)
         for why in b["bad"]:
             self.last_bad = why
             warnings.warn(f"skipped training sample {why}")
