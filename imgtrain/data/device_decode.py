@@ -3,12 +3,14 @@
 For when the loader workers cannot keep up with the GPU. An estimate, not yet measured: a ViT-B/16 at
 45 % MFU on an H100 trains on about 8,000 images/s, while a worker decodes and crops about 450 per core.
 The workers then only read each JPEG's frame header and draw its random-resized-crop box and flip: the
-same seeded draws as the CPU path, made on the full-size image, because the device has no DCT-scaled
-decoding. The batch carries the compressed bytes. The trainer decodes them with nvJPEG
-(`torchcodec.decoders.decode_jpeg`, batched; libjpeg-turbo when the device is a CPU; torchvision's
-decoders are deprecated in its favour), then crops, resizes with the same antialiased filter and flips.
-Files nvJPEG should not take (PNG, CMYK, truncated) are decoded by the workers as before and travel in
-the batch's decoded part.
+same seeded draws as the CPU path, on the size the workers would decode at (JPEG draft), scaled to the
+full-size image that the device decodes, so both paths crop the same region. The batch carries the
+compressed bytes. The trainer decodes them with nvJPEG (`torchcodec.decoders.decode_jpeg`, batched in
+chunks of CHUNK_PIXELS; libjpeg-turbo when the device is a CPU; torchvision's decoders are deprecated
+in its favour), then crops, resizes with the same antialiased filter and flips, one image at a time.
+Files the device should not take are decoded by the workers as before and travel in the batch's decoded
+part: PNG and the like, CMYK, truncated, 12-bit or arithmetic-coded JPEGs, files over PIL's pixel limit,
+and files with an EXIF rotation (torchcodec would apply it; the loader, like PIL and timm, does not).
 """
 from __future__ import annotations
 
