@@ -39,13 +39,13 @@ def dataset_info(cfg: Config) -> DatasetInfo:
 
 
 def build_split(cfg: Config, info: DatasetInfo, split: str, task, *, train: bool, mean, std) -> ShardSplit:
-    if train and cfg.data.decode_on == "device":
+    defer_jpegs = train and cfg.data.decode_on == "device"  # the config checked that the transform allows it
+    if defer_jpegs:
         require_torchcodec()
     return ShardSplit(info.root, info.manifest, split, build_transform(cfg.data, train, mean, std),
                       task.target_from_sample, seed=cfg.trainer.seed, in_chans=cfg.data.in_chans,
                       task=info.task, mean=mean, std=std,
-                      draft=decode_size(cfg.data, train) if cfg.data.jpeg_draft else None,
-                      defer_jpegs=train and cfg.data.decode_on == "device")  # config checked that it can
+                      draft=decode_size(cfg.data, train) if cfg.data.jpeg_draft else None, defer_jpegs=defer_jpegs)
 
 
 __all__ = ["DatasetInfo", "dataset_info", "build_split", "build_mixup", "resolve_norm", "ShardSplit", "Normalizer",

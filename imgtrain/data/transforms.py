@@ -119,9 +119,8 @@ class Normalizer:
     """uint8 batch on the device -> float, normalised; random erasing for training batches."""
 
     def __init__(self, mean, std, device, re_prob: float = 0.0):
-        mean = torch.tensor(mean, device=device, dtype=torch.float64).view(1, -1, 1, 1) * 255
+        mean = torch.tensor(mean, device=device, dtype=torch.float64).view(1, -1, 1, 1) * 255  # 0..255 scale
         std = torch.tensor(std, device=device, dtype=torch.float64).view(1, -1, 1, 1) * 255
-        self.mean, self.std = mean.float(), std.float()  # on the 0..255 scale
         self.scale, self.shift = (1 / std).float(), (-mean / std).float()
         self.erase = RandomErasing(re_prob, mode="pixel", device=str(device)) if re_prob > 0 else None
         self.row_affine = {}  # (image width, channels) -> (scale, shift) repeated along an NHWC row

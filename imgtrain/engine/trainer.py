@@ -141,6 +141,14 @@ def run(cfg: C.Config, env: dist.DistEnv, batch_source=None) -> RunResult:
     return result
 
 
+def _data_parallel(model: torch.nn.Module, env: dist.DistEnv, compile_model: bool) -> torch.nn.Module:
+    """DDP around `model` when distributed, compiled when trainer.compile. Built at start-up and again when
+    the trainable parameters change (model.unfreeze_at_epoch): DDP registers them when it is built."""
+    if env.distributed:
+        model = DDP(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+    return torch.compile(model) if compile_model else model
+
+
 class Trainer:
     """Everything one run needs, built from the config. `batch_source(epoch, plan)` may replace the shard
     loader (benchmarks feed in-memory batches through it)."""
@@ -207,14 +215,10 @@ class Trainer:
                 raise C.ConfigError("model.unfreeze_at_epoch does not work with dist.strategy=deepspeed; use ddp")
             from imgtrain.engine.deepspeed_strategy import DeepSpeedStrategy
             self.ds = DeepSpeedStrategy(cfg, model, self.optimizer, env, self.rdir / "checkpoints")
-            self.ddp_model = self.ds.engine
+            self.ddp_model = torch.compile(self.ds.engine) if cfg.trainer.compile else self.ds.engine
             self.autocast = contextlib.nullcontext  # DeepSpeed holds the weights in bf16/fp16 itself
-        elif env.distributed:
-            self.ddp_model = DDP(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
         else:
-            self.ddp_model = model
-        if cfg.trainer.compile:
-            self.ddp_model = torch.compile(self.ddp_model)
+            self.ddp_model = _data_parallel(model, env, cfg.trainer.compile)
         self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision) \
             if self.ds is not None else None
 
@@ -440,9 +444,7 @@ class Trainer:
                  f"(model.unfreeze_at_epoch={self.cfg.model.unfreeze_at_epoch}); "
                  f"{sum(p.requires_grad for p in params)} of {len(params)} parameter tensors train")
         if self.env.distributed:
-            self.ddp_model = DDP(self.model, device_ids=[self.env.local_rank] if self.env.device.type == "cuda" else None)
-            if self.cfg.trainer.compile:
-                self.ddp_model = torch.compile(self.ddp_model)
+            self.ddp_model = _data_parallel(self.model, self.env, self.cfg.trainer.compile)
 
     def forward_backward(self, b: dict, epoch: int, position: int, sync: bool) -> tuple[float, int]:
         data = self.cfg.data
