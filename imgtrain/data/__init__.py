@@ -8,7 +8,7 @@ from typing import Optional
 from shards.manifest import load_manifest
 
 from imgtrain.config import Config
-from imgtrain.data.device_decode import images_on_device, require_torchcodec
+from imgtrain.data.device_decode import images_on_device, require_jpeg_decoder
 from imgtrain.data.loader import EvalBatches, ShardSplit, make_loader, train_batches
 from imgtrain.data.order import TrainPlan, epoch_order, eval_positions
 from imgtrain.data.transforms import Normalizer, build_mixup, build_transform, decode_size, resolve_norm
@@ -41,7 +41,7 @@ def dataset_info(cfg: Config) -> DatasetInfo:
 def build_split(cfg: Config, info: DatasetInfo, split: str, task, *, train: bool, mean, std) -> ShardSplit:
     defer_jpegs = train and cfg.data.decode_on == "device"  # the config checked that the transform allows it
     if defer_jpegs:
-        require_torchcodec()
+        require_jpeg_decoder()
     return ShardSplit(info.root, info.manifest, split, build_transform(cfg.data, train, mean, std),
                       task.target_from_sample, seed=cfg.trainer.seed, in_chans=cfg.data.in_chans,
                       task=info.task, mean=mean, std=std,

@@ -6,8 +6,9 @@ The workers then only read each JPEG's frame header and draw its random-resized-
 same seeded draws as the CPU path, on the size the workers would decode at (JPEG draft), scaled to the
 full-size image that the device decodes, so both paths crop the same region. The batch carries the
 compressed bytes. The trainer decodes them with nvJPEG (`torchcodec.decoders.decode_jpeg`, batched in
-chunks of CHUNK_PIXELS; libjpeg-turbo when the device is a CPU; torchvision's decoders are deprecated
-in its favour), then crops, resizes with the same antialiased filter and flips, one image at a time.
+chunks of CHUNK_PIXELS; libjpeg-turbo when the device is a CPU; torchvision's `io.decode_jpeg` where
+the installed torch is too old for a torchcodec that decodes images), then crops, resizes with the same
+antialiased filter and flips, one image at a time.
 Files the device should not take are decoded by the workers as before and travel in the batch's decoded
 part: PNG and the like, CMYK, truncated, 12-bit or arithmetic-coded JPEGs, files over PIL's pixel limit,
 and files with an EXIF rotation (torchcodec would apply it; the loader, like PIL and timm, does not).
@@ -41,13 +42,28 @@ def pack(crops: list[JpegCrop]) -> dict:
     return {"data": data, "offsets": offsets, "boxes": boxes}
 
 
-def require_torchcodec() -> None:
-    """At start-up rather than at the first batch."""
+def jpeg_decoder():
+    """The batched JPEG decoder: torchcodec's `decode_jpeg` (torchcodec >= 0.14, with torch >= 2.12), else
+    torchvision's `io.decode_jpeg` (also nvJPEG on a GPU, deprecated in torchcodec's favour but present in
+    every torchvision a cluster's older torch pairs with, e.g. torch 2.11's torchvision 0.26). Both take a
+    list of uint8 tensors, mode RGB and a device, and raise RuntimeError for a file they cannot decode."""
     try:
-        importlib.import_module("torchcodec.decoders")
-    except ImportError as e:
-        raise ImportError(f"data.decode_on=device decodes JPEGs with torchcodec, which does not import here ({e}); "
-                          "install requirements.txt or set data.decode_on=workers") from None
+        from torchcodec.decoders import decode_jpeg
+        return lambda raw, device: decode_jpeg(raw, mode="RGB", device=device)
+    except (ImportError, OSError, RuntimeError):  # not installed, too old, or its libraries do not load
+        pass
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg as tv_decode_jpeg
+    except ImportError:
+        return None
+    return lambda raw, device: tv_decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+
+
+def require_jpeg_decoder() -> None:
+    """At start-up rather than at the first batch."""
+    if jpeg_decoder() is None:
+        raise ImportError("data.decode_on=device decodes JPEGs with torchcodec (or torchvision.io), neither of "
+                          "which imports here; install requirements.txt or set data.decode_on=workers")
 
 
 # full-size pixels decoded per nvJPEG call: the decoded images of a chunk are held until they are cropped
@@ -69,15 +85,14 @@ def _chunks(sizes: list[tuple[int, int]]):
 
 def _decode_all(raw: list[torch.Tensor], device: torch.device) -> list:
     """Batched decode; if any file breaks the batch, each on its own (the error for the broken ones)."""
-    from torchcodec.decoders import decode_jpeg
-
+    decode = jpeg_decoder()
     try:
-        return decode_jpeg(raw, mode="RGB", device=device)
+        return decode(raw, device)
     except RuntimeError:
         out = []
         for one in raw:
             try:
-                out.append(decode_jpeg(one, mode="RGB", device=device))
+                out.append(decode([one], device)[0])
             except RuntimeError as e:
                 out.append(e)
         return out
