@@ -229,23 +229,25 @@ def pick_batch(s: Setup, max_batch: int, frac: float = 0.85, start: int = 32) ->
 
 
 class EngineFeed:
-    """batch_source for Trainer: the same device batches, with the time of every batch request."""
+    """batch_source for Trainer: the same device batches. The clock starts when batch `warmup` is asked for and
+    stops when batch `warmup + steps` is, each after a device sync: the steps in between are timed as the bare
+    loop times its own (the engine reads the loss only for log lines, so it does not sync every step)."""
 
-    def __init__(self, batches, dev: torch.device):
-        self.batches, self.dev, self.stamps = batches, dev, []
+    def __init__(self, batches, dev: torch.device, warmup: int, steps: int):
+        self.batches, self.dev, self.warmup, self.steps, self.t = batches, dev, warmup, steps, {}
 
     def __call__(self, epoch, plan):
         i = 0
         while True:
+            if i in (self.warmup, self.warmup + self.steps):
+                sync(self.dev)
+                self.t[i] = time.perf_counter()
             x, y = self.batches[i % len(self.batches)]
-            sync(self.dev)  # a no-op for the timing: the engine reads the loss (a sync) every step anyway
-            self.stamps.append(time.perf_counter())
             yield {"image": x, "target": y, "index": torch.arange(len(x)), "bad": []}
             i += 1
 
-    def rate(self, warmup: int, batch: int) -> float:
-        s = self.stamps[warmup:]
-        return batch * (len(s) - 1) / (s[-1] - s[0])
+    def rate(self, batch: int) -> float:
+        return batch * self.steps / (self.t[self.warmup + self.steps] - self.t[self.warmup])
 
 
 def engine_rate(s: Setup, data: Path, out: Path, name: str, batches, extra=(), env=None) -> float:
@@ -253,7 +255,7 @@ def engine_rate(s: Setup, data: Path, out: Path, name: str, batches, extra=(), e
     from imgtrain import config as C
     from imgtrain.engine import dist
     from imgtrain.engine.trainer import run
-    feed = EngineFeed(batches, s.device)
+    feed = EngineFeed(batches, s.device, s.warmup, s.steps)
     # one step more than measured: the step after the last timed request ends the run (max_steps)
     cfg = C.load(None, [f"data.path={data}", "data.val_split=null", "data.test_split=null", "data.num_workers=0",
                         "optim.name=adamw", "optim.lr=1e-3", "optim.weight_decay=0.05",
@@ -263,7 +265,7 @@ def engine_rate(s: Setup, data: Path, out: Path, name: str, batches, extra=(), e
     result = run(cfg, env, batch_source=feed)
     if result.status != "DONE":
         raise RuntimeError(f"engine run {name} ended {result.status}")
-    return feed.rate(s.warmup, s.batch)
+    return feed.rate(s.batch)
 
 
 # ------------------------------------------------------------------------------------------ data sets

@@ -109,14 +109,27 @@ class DeepSpeedStrategy:
     def __init__(self, cfg: Config, model: torch.nn.Module, optimizer, env, ckpt_dir: Path):
         deepspeed = _import_deepspeed()
         self.cfg, self.env, self.dir = cfg, env, Path(ckpt_dir) / "deepspeed"
-        if not env.distributed:  # one process without torchrun: DeepSpeed still wants a process group
-            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
-                               ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
+        # one process without torchrun: DeepSpeed still wants a process group. We make it (DeepSpeed then
+        # adopts it) so that it is bound to our device (NCCL warns at every barrier otherwise) and so that
+        # close() can destroy it
+        self.own_group = not env.distributed and not torch.distributed.is_initialized()
+        if self.own_group:
+            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
                 os.environ.setdefault(key, value)
-        deepspeed.init_distributed(dist_backend=env.backend or ("nccl" if torch.cuda.is_available() else "gloo"),
+            os.environ["MASTER_PORT"] = str(_free_port())  # a fresh one per group: the last may still linger
+            backend = "nccl" if env.device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend, rank=0, world_size=1,
+                                                 device_id=env.device if backend == "nccl" else None)
+        deepspeed.init_distributed(dist_backend=env.backend or ("nccl" if env.device.type == "cuda" else "gloo"),
                                    auto_mpi_discovery=False)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=ds_config(cfg, env.world))
+
+    def close(self) -> None:
+        """Destroy the one-process group made at start-up (a torchrun group is dist.close()'s)."""
+        if self.own_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        self.own_group = False
 
     # ---------------------------------------------------------------- steps
     def backward_step(self, loss: torch.Tensor) -> None:

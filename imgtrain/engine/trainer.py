@@ -262,6 +262,8 @@ class Trainer:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.ds is not None:
+            self.ds.close()
 
     # ------------------------------------------------------------------------------------ checkpoints
 
@@ -446,7 +448,9 @@ class Trainer:
         if self.env.distributed:
             self.ddp_model = _data_parallel(self.model, self.env, self.cfg.trainer.compile)
 
-    def forward_backward(self, b: dict, epoch: int, position: int, sync: bool) -> tuple[float, int]:
+    def forward_backward(self, b: dict, epoch: int, position: int, sync: bool) -> tuple[torch.Tensor, int]:
+        """One micro-batch: (its loss, still on the device, and its size). The loss is read only when a log
+        line needs it: reading it every step made the host wait for the device (3 % of a ViT-B step on an H200)."""
         data = self.cfg.data
         # data.decode_on=device: the batch's deferred JPEGs are decoded here (a failure lands in b["bad"])
         x, y = images_on_device(b, self.env.device, data.img_size, data.interpolation, data.in_chans)
@@ -469,7 +473,7 @@ class Trainer:
             loss = self.task.loss(out, y) if out is not None else \
                 sum(p.sum() * 0.0 for p in self.ddp_model.parameters() if p.requires_grad)
             self.ds.backward_step(loss)  # accumulation boundary, clipping and the step are DeepSpeed's
-            return float(loss.detach()), len(x)
+            return loss.detach(), len(x)
         no_sync = not sync and self.env.distributed
         with self.ddp_model.no_sync() if no_sync else contextlib.nullcontext():
             with self.autocast():
@@ -478,7 +482,7 @@ class Trainer:
                 else:  # every sample of this batch was bad: keep ranks in step with a zero gradient
                     loss = sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
             self.scaler.scale(loss / self.accum).backward()
-        return float(loss.detach()), len(x)
+        return loss.detach(), len(x)
 
     def optimizer_step(self) -> float:
         """Clip, step, schedule, EMA. Returns the base lr the step used."""
@@ -505,7 +509,7 @@ class Trainer:
     def log_window(self, window: dict, lr: float, epoch: int) -> None:
         """Train loss (mean over ranks), lr and speed since the last log line. Collective."""
         env, state = self.env, self.state
-        loss = dist.sum_scalar(env, window["loss"] / max(window["n"], 1)) / env.world
+        loss = dist.sum_scalar(env, float(window["loss"]) / max(window["n"], 1)) / env.world
         images = dist.sum_scalar(env, window["images"])
         state.skipped += int(dist.sum_scalar(env, window["bad"]))
         rate = images / max(time.time() - window["t"], 1e-9)
