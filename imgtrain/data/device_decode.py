@@ -86,6 +86,12 @@ def _chunks(sizes: list[tuple[int, int]]):
 def _decode_all(raw: list[torch.Tensor], device: torch.device) -> list:
     """Batched decode; if any file breaks the batch, each on its own (the error for the broken ones)."""
     decode = jpeg_decoder()
+    if device.type == "cuda":
+        # nvJPEG writes its outputs before the work already queued on the caller's stream has run, into
+        # blocks the caching allocator may just have recycled from tensors that work still reads: seen on
+        # an H200 as a NaN loss once the trainer stopped syncing every step (torchvision 0.26; torchvision
+        # PR 9606, torchcodec PR 1634). Until every decoder we may get waits itself, we wait here.
+        torch.cuda.current_stream(device).synchronize()
     try:
         return decode(raw, device)
     except RuntimeError:
