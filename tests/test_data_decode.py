@@ -185,3 +185,26 @@ def test_device_decoding_gives_the_workers_crops_and_drops_what_it_cannot_decode
     with pytest.raises(ConfigError, match=r"data.decode_on=device \[override 'data.decode_on=device'\].*simple_augment"):
         _split(packed, "data.decode_on=device", "data.simple_augment=true")  # when the config loads
     assert not _split(packed, "data.decode_on=device", train=False).defer_jpegs  # evaluation: the workers
+
+
+def test_jpeg_decoder_falls_back_to_torchvision_with_the_same_pixels(monkeypatch):
+    """torch < 2.12 has no torchcodec that decodes images (the lent H200's torch 2.11): torchvision's
+    decode_jpeg takes over, with torchcodec's pixels (both libjpeg-turbo on a CPU), and a broken file
+    still comes back as an error in its place."""
+    import sys
+
+    from imgtrain.data.device_decode import _decode_all, jpeg_decoder
+    data = torch.frombuffer(bytearray(_jpeg(PHOTO)), dtype=torch.uint8)
+    broken = torch.frombuffer(bytearray(b"\xff\xd8 not a jpeg"), dtype=torch.uint8)
+    cpu = torch.device("cpu")
+    with_torchcodec = _decode_all([data], cpu)
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # what an import of a too-old one raises
+    assert jpeg_decoder() is not None
+    with_torchvision = _decode_all([data, broken], cpu)
+    assert torch.equal(with_torchvision[0], with_torchcodec[0]) and with_torchvision[0].shape[0] == 3
+    assert isinstance(with_torchvision[1], Exception)
+    monkeypatch.setitem(sys.modules, "torchvision.io", None)
+    assert jpeg_decoder() is None
+    from imgtrain.data.device_decode import require_jpeg_decoder
+    with pytest.raises(ImportError, match="data.decode_on=workers"):
+        require_jpeg_decoder()
