@@ -106,6 +106,42 @@ class ModelConfig:
     reinit: list[str] = field(default_factory=list)  # name patterns re-initialised after loading
     lr_groups: dict[str, float] = field(default_factory=dict)  # name pattern -> lr multiplier
     layer_decay: Optional[float] = None  # timm layer-wise lr decay
+    # how model.reinit re-initialises: "default" (each module's reset_parameters, PyTorch's init),
+    # "uniform" (Torch7's reset(): weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for conv/linear),
+    # "glorot_uniform" (Keras: Glorot-uniform kernels, zero bias)
+    reinit_init: str = _added("default")
+    # parameter name pattern (fnmatch, first match wins) -> weight decay for those parameters only, in place of
+    # optim.weight_decay and the no-decay rule for norms/biases. Keras L2(l) adds l*||w||^2 to the loss: with
+    # the coupled optimizers (sgd, adam, rmsprop) that is weight_decay = 2*l; adamw's decay is decoupled
+    wd_groups: dict[str, float] = _added(dataclasses.MISSING, default_factory=dict)
+    # classification head on any backbone (see imgtrain/models/heads.py). Empty head_hidden and no head_pool:
+    # the model's own classifier. Otherwise a new head: [Linear(w), head_activation, Dropout(head_dropout)]
+    # per hidden width w, then Linear(num_classes); Keras init (Glorot-uniform kernels, zero bias)
+    head_hidden: list[int] = _added(dataclasses.MISSING, default_factory=list)
+    head_activation: str = _added("relu")  # relu, gelu, tanh, sigmoid, silu, elu, leaky_relu, selu, softplus
+    head_dropout: float = _added(0.0)  # after each hidden layer's activation
+    # None: the backbone's own pooling (timm's forward_head(pre_logits=True), model.drop_rate applied);
+    # "flatten": Keras Flatten of forward_features' final map (then model.drop_rate, then the head);
+    # "avg" / "max" / "avgmax" / "catavgmax": timm's global pooling of that name
+    head_pool: Optional[str] = _added(None)
+
+    HEAD_ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "silu", "elu", "leaky_relu", "selu", "softplus")
+    HEAD_POOLS = (None, "flatten", "avg", "max", "avgmax", "catavgmax")
+    REINIT_INITS = ("default", "uniform", "glorot_uniform")
+
+    def __post_init__(self):
+        for key, value, allowed in (("head_activation", self.head_activation, self.HEAD_ACTIVATIONS),
+                                    ("head_pool", self.head_pool, self.HEAD_POOLS),
+                                    ("reinit_init", self.reinit_init, self.REINIT_INITS)):
+            if value not in allowed:
+                raise ConfigError(f"model.{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ConfigError(f"model.head_dropout: a rate in [0, 1), got {self.head_dropout}")
+        if any(not isinstance(w, int) or w < 1 for w in self.head_hidden):
+            raise ConfigError(f"model.head_hidden: positive layer widths, got {self.head_hidden}")
+        if not self.head_hidden and (self.head_dropout or self.head_activation != "relu"):
+            raise ConfigError("model.head_dropout / model.head_activation apply to hidden head layers: set "
+                              "model.head_hidden (dropout before the classifier alone is model.drop_rate)")
 
 
 @dataclass
@@ -119,14 +155,98 @@ class TaskConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # sgd | adam | adamw | rmsprop
+    # any name in timm.optim.list_optimizers(), built by timm.optim.create_optimizer_v2: sgd, momentum, adam,
+    # adamw, rmsprop, rmsproptf, lamb, lars, adafactor, ... Checked when the config loads.
+    # sgd here is torch.optim.SGD with classical momentum (nesterov only with optim.nesterov=true: timm's own
+    # 'sgd' is Nesterov); adam keeps the classic L2 penalty through weight_decay, adamw decouples it.
+    name: str = "adamw"
     lr: float = 1e-3  # for the global batch given by data.batch_size x world size
     weight_decay: float = 0.05
-    momentum: float = 0.9
+    momentum: float = 0.9  # optimizers that take a momentum (sgd, rmsprop, lars, ...); Keras SGD / RMSprop: 0
+    # Nesterov momentum: for sgd / momentum true turns it on; for other optimizers that have the option true
+    # turns it on and false keeps the variant's own setting (timm's sgdw, sgdp, nlars, nesterov: on). Off when
+    # momentum is 0.
     nesterov: bool = False
+    # betas and eps left at these defaults leave each optimizer its own (torch Adam/AdamW: exactly these; lion,
+    # adafactor, lamb, rmsproptf ... their own); any other value is passed to optimizers that take it
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     decay_norm_and_bias: bool = False
+    # RMSprop's smoothing constant (Keras calls it rho; Keras default 0.9). None: the optimizer class's own
+    # default: torch.optim.RMSprop 0.99 (what optim.name=rmsprop always gave), timm's RMSpropTF 0.9 (timm's
+    # factory would pass 0.9 for every rmsprop*; here it does not). An error for optimizers without an alpha.
+    alpha: Optional[float] = _added(None)
+    # any other argument of the optimizer (e.g. {amsgrad: true}, {centered: true}, {foreach: false}); an
+    # unknown one is an error naming optim.kwargs.<name>. Keys with their own optim.* key are refused here.
+    kwargs: dict[str, Any] = _added(dataclasses.MISSING, default_factory=dict)
+
+    _DEFAULT_BETAS = (0.9, 0.999)
+    _DEFAULT_EPS = 1e-8
+    _OWN_KEYS = ("lr", "weight_decay", "momentum", "nesterov", "betas", "eps", "alpha", "params")
+
+    def __post_init__(self):
+        # the names the engine always knew need no timm import (4 s) to check
+        if not (self.name in ("sgd", "adam", "adamw", "rmsprop") and not self.kwargs and self.alpha is None
+                and len(self.betas) == 2):
+            self.optimizer_args()
+
+    def optimizer_args(self) -> dict[str, Any]:
+        """Keyword arguments for timm.optim.create_optimizer_v2 (opt=name included); ConfigError if the
+        name, alpha, betas or a kwargs key does not fit the optimizer."""
+        import inspect
+
+        from timm.optim import list_optimizers
+        from timm.optim._optim_factory import get_optimizer_info
+        known = list_optimizers()
+        if self.name not in known:
+            close = difflib.get_close_matches(self.name, known, n=3, cutoff=0.6)
+            hint = (f"; did you mean {' or '.join(repr(c) for c in close)}?" if close
+                    else "; see timm.optim.list_optimizers()")
+            raise ConfigError(f"optim.name: {self.name!r} is not an optimizer timm knows{hint}")
+        info = get_optimizer_info(self.name)
+        defaults = dict(info.defaults or {})
+        cls = info.opt_class  # a string for apex / bitsandbytes ones (importable only with CUDA): not inspected
+        params = None
+        if not isinstance(cls, str):
+            sig = inspect.signature(cls).parameters
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
+                params = {k: p.default for k, p in sig.items() if k != "params"}
+        cls_name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+
+        args: dict[str, Any] = dict(opt=self.name, lr=self.lr, weight_decay=self.weight_decay)
+        if info.has_momentum:
+            args["momentum"] = self.momentum
+        if ("nesterov" in params) if params is not None else ("nesterov" in defaults):
+            # timm registers 'sgd' with nesterov=True; here sgd's Nesterov comes from optim.nesterov alone, as
+            # before timm built the optimizers (torch.optim.SGD(momentum=0.9, nesterov=False) by default)
+            nesterov = self.nesterov if self.name == "sgd" else self.nesterov or bool(defaults.get("nesterov"))
+            if info.has_momentum and self.momentum <= 0:
+                nesterov = False  # torch's SGD refuses Nesterov without momentum; Keras SGD() is plain SGD
+            args["nesterov"] = nesterov
+        if info.has_betas and tuple(self.betas) != self._DEFAULT_BETAS:
+            if len(self.betas) != info.num_betas:
+                raise ConfigError(f"optim.betas: {self.name} takes {info.num_betas} betas, got {self.betas}")
+            args["betas"] = tuple(self.betas)
+        if info.has_eps and self.eps != self._DEFAULT_EPS:
+            args["eps"] = self.eps
+        if self.alpha is not None:
+            if params is not None and "alpha" not in params:
+                raise ConfigError(f"optim.alpha: {self.name} ({cls_name}) has no alpha (RMSprop's smoothing "
+                                  "constant, Keras's rho); set optim.alpha=null")
+            args["alpha"] = self.alpha
+        elif "alpha" in defaults and params is not None and "alpha" in params:
+            # timm's factory passes alpha=0.9 for its rmsprop* names; None means the class's own default
+            # (torch.optim.RMSprop: 0.99, as optim.name=rmsprop always gave; RMSpropTF: 0.9)
+            args["alpha"] = params["alpha"]
+        for k, v in self.kwargs.items():
+            if k in self._OWN_KEYS:
+                raise ConfigError(f"optim.kwargs.{k}: " + ("the parameter groups set it" if k == "params"
+                                                           else f"set optim.{k} instead"))
+            if params is not None and k not in params:
+                allowed = [p for p in params if p not in self._OWN_KEYS]
+                raise _unknown(f"optim.kwargs.{k}", allowed, f"{cls_name} takes no argument '{k}'")
+            args[k] = v
+        return args
 
 
 @dataclass
@@ -205,7 +325,7 @@ CHOICES = {
     "task.name": ("classification", "score_distribution"),
     "task.loss": ("ce", "emd", "mse"),
     "task.class_weights": (None, "balanced"),
-    "optim.name": ("sgd", "adam", "adamw", "rmsprop"),
+    # optim.name: any of timm.optim.list_optimizers(), checked by OptimConfig when the config loads
     "sched.name": ("cosine", "step", "plateau", "none"),
     "trainer.precision": ("fp32", "bf16", "fp16"),
     "trainer.monitor_mode": ("auto", "max", "min"),

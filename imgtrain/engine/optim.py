@@ -1,9 +1,11 @@
-"""Optimizer and learning-rate schedule factories (timm's schedulers, stepped per optimizer update)."""
+"""Optimizer and learning-rate schedule factories (timm's optimizers; timm's schedulers, stepped per
+optimizer update)."""
 from __future__ import annotations
 
 import warnings
 
 import torch
+from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.scheduler.plateau_lr import PlateauLRScheduler
 
@@ -11,20 +13,18 @@ from imgtrain.config import OptimConfig, SchedConfig
 
 
 def build_optimizer(cfg: OptimConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    """`groups` carry 'lr_scale' (per-group multiplier) and 'weight_decay' (0 for norms and biases)."""
+    """timm.optim.create_optimizer_v2 over our parameter groups, which carry 'lr_scale' (per-group multiplier)
+    and 'weight_decay' (0 for norms and biases); `cfg.optimizer_args()` maps optim.* to timm's arguments.
+
+    Each group's lr is optim.lr x lr_scale. timm's schedulers set lr = (scheduled value) x lr_scale from each
+    group's 'initial_lr', which they take from the group's lr unless it is set: it is set here to the unscaled
+    optim.lr, or the scale would apply twice (as it did before, for runs with lr_groups or layer_decay and a
+    schedule; a resumed run keeps the schedule bases of its checkpoint)."""
     for g in groups:
         g.setdefault("lr_scale", 1.0)
         g["lr"] = cfg.lr * g["lr_scale"]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.name == "adam":
-        # decoupled decay is adamw; adam keeps the classic L2 penalty through weight_decay
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps)
-    raise ValueError(f"optim.name: unknown optimizer '{cfg.name}'")
+        g["initial_lr"] = cfg.lr
+    return create_optimizer_v2(groups, **cfg.optimizer_args())
 
 
 def build_scheduler(cfg: SchedConfig, optimizer, *, epochs: int, updates_per_epoch: int, mode: str):
