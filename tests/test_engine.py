@@ -143,3 +143,29 @@ def test_corrupt_image_is_skipped_and_counted(digits_shards, tmp_path):
     _, skipped = metric(read_metrics(rdir), "train", "skipped")
     assert skipped.tolist() == [1.0]
     assert victim in proc.stderr and "undecodable image" in proc.stderr
+
+
+@pytest.mark.slow
+def test_train_accuracy_is_logged_per_epoch(digits_shards, tmp_path):
+    """train/acc1: the top-1 accuracy of the training batches as they were trained, one row per epoch."""
+    proc = run_cmd(train_cmd(CFG, f"data.path={digits_shards}", f"output.root={tmp_path}", "output.run=acc",
+                             "trainer.epochs=3"))
+    table = read_metrics(tmp_path / "runs/acc")
+    steps, acc = metric(table, "train", "acc1")
+    assert steps.tolist() == [STEPS_PER_EPOCH * e for e in (1, 2, 3)]  # logged at each epoch's end
+    epochs = table.filter(pc.and_(pc.equal(table["split"], "train"), pc.equal(table["metric"], "acc1")))["epoch"]
+    assert sorted(epochs.to_pylist()) == [0, 1, 2]
+    assert all(0.0 < a < 1.0 for a in acc) and acc[0] < acc[1] < acc[2], acc
+    # counted over every trained sample: a whole number of the epoch's 78 x 16 samples
+    assert all(abs(a * STEPS_PER_EPOCH * 16 - round(a * STEPS_PER_EPOCH * 16)) < 1e-6 for a in acc)
+    out = proc.stdout + proc.stderr  # the epoch's val line, with the training figures after it
+    assert f"epoch 3/3 val: " in out and f"; train loss " in out and f" acc1 {acc[-1]:.4f}" in out
+
+
+def test_top1_correct_counts_hard_and_soft_targets():
+    from imgtrain.engine.evaluate import top1_correct
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 1.0, 5.0], [4.0, 0.0, 0.0]])
+    hard = torch.tensor([0, 1, 0, 1])
+    assert top1_correct(logits, hard).item() == 2
+    soft = torch.tensor([[0.7, 0.3, 0.0], [0.4, 0.6, 0.0], [0.55, 0.0, 0.45], [0.2, 0.8, 0.0]])  # mixup: argmax
+    assert top1_correct(logits, soft).item() == 2

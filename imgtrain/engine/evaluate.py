@@ -12,6 +12,16 @@ from imgtrain.engine.dist import DistEnv
 
 
 @torch.no_grad()
+def top1_correct(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """How many rows' top-1 prediction is the target, as a device tensor (reading it is the caller's
+    host sync). Hard targets are int [B] labels; soft [B, C] targets (mixup/cutmix) count their argmax,
+    the class with the larger share, as Keras's `accuracy` does with mixed one-hot labels."""
+    if target.is_floating_point() and target.ndim == logits.ndim:
+        target = target.argmax(-1)
+    return (logits.argmax(-1) == target.to(logits.device)).sum()
+
+
+@torch.no_grad()
 def predict(model, dataset, *, batch: int, num_workers: int, env: DistEnv, autocast=contextlib.nullcontext,
             channels_last: bool = False, input_dtype=None, lockstep: bool = False):
     """(logits [N, C] float32, targets, sample indices, bad-sample reasons), gathered in index order.

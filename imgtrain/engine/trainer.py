@@ -32,7 +32,7 @@ from imgtrain.data import (Normalizer, build_mixup, build_split, dataset_info, i
 from imgtrain.data.loader import _seeded
 from imgtrain.engine import dist
 from imgtrain.engine.checkpoint import Checkpointer, rng_state, set_rng_state
-from imgtrain.engine.evaluate import evaluate
+from imgtrain.engine.evaluate import evaluate, top1_correct
 from imgtrain.engine.optim import (build_optimizer, build_scheduler, current_lr, load_scheduler_state,
                                    scheduler_state)
 from imgtrain.engine.signals import REQUEUE_EXIT_CODE, StopRequest
@@ -55,6 +55,10 @@ class TrainState:
     skipped: int = 0  # undecodable training samples over all attempts
     epoch_loss_sum: float = 0.0  # this epoch's logged train losses, so a mid-epoch resume reports the same mean
     epoch_loss_n: int = 0
+    # classification: this epoch's correct top-1 predictions on the training batches as they were trained
+    # (training-mode outputs, all ranks) and the samples they were counted over -> train/acc1
+    epoch_correct: float = 0.0
+    epoch_samples: float = 0.0
 
 
 @dataclass
@@ -393,7 +397,7 @@ class Trainer:
         if start == 0 and self.writer is not None:
             dropped = len(self.train_ds) - self.steps_per_epoch * self.accum * self.global_batch
             self.writer.log("train", "dropped", float(dropped), epoch=epoch, step=state.step)
-        window = {"loss": 0.0, "n": 0, "images": 0, "bad": 0, "t": time.time()}
+        window = {"loss": 0.0, "n": 0, "images": 0, "bad": 0, "correct": 0, "t": time.time()}
         # test hooks: a real signal at a known optimizer step, or at a micro-batch inside accumulation
         stop_at_step = int(os.environ.get("IMGTRAIN_TEST_SIGNAL_AT_STEP", "-1"))
         stop_at_micro = int(os.environ.get("IMGTRAIN_TEST_SIGNAL_AT_MICRO", "-1"))
@@ -410,8 +414,9 @@ class Trainer:
                     f.write(f"{epoch} {' '.join(map(str, b['index'].tolist()))}\n")
             if stop_at_micro == state.step * self.accum + micro % self.accum and env.rank == 0:
                 os.kill(os.getpid(), signal.SIGUSR1)
-            loss, n = self.forward_backward(b, epoch, start + micro * self.global_batch, sync=last_micro)
+            loss, n, correct = self.forward_backward(b, epoch, start + micro * self.global_batch, sync=last_micro)
             window["loss"] += loss
+            window["correct"] += correct
             window["n"] += 1
             window["images"] += n
             window["bad"] += len(b["bad"])
@@ -448,9 +453,17 @@ class Trainer:
         if self.env.distributed:
             self.ddp_model = _data_parallel(self.model, self.env, self.cfg.trainer.compile)
 
-    def forward_backward(self, b: dict, epoch: int, position: int, sync: bool) -> tuple[torch.Tensor, int]:
-        """One micro-batch: (its loss, still on the device, and its size). The loss is read only when a log
-        line needs it: reading it every step made the host wait for the device (3 % of a ViT-B step on an H200)."""
+    def _correct(self, out: Optional[torch.Tensor], y: torch.Tensor):
+        """Correct top-1 predictions of a training micro-batch, on the device (0 for other tasks). With
+        mixup/cutmix the targets are soft: the argmax of the soft target counts as the label."""
+        if out is None or self.task.name != "classification":
+            return 0
+        return top1_correct(out.detach(), y)
+
+    def forward_backward(self, b: dict, epoch: int, position: int, sync: bool) -> tuple[torch.Tensor, int, object]:
+        """One micro-batch: (its loss, still on the device, its size, its correct top-1 predictions, also on
+        the device). Both are read only when a log line needs them: reading the loss every step made the host
+        wait for the device (3 % of a ViT-B step on an H200)."""
         data = self.cfg.data
         # data.decode_on=device: the batch's deferred JPEGs are decoded here (a failure lands in b["bad"])
         x, y = images_on_device(b, self.env.device, data.img_size, data.interpolation, data.in_chans)
@@ -473,16 +486,18 @@ class Trainer:
             loss = self.task.loss(out, y) if out is not None else \
                 sum(p.sum() * 0.0 for p in self.ddp_model.parameters() if p.requires_grad)
             self.ds.backward_step(loss)  # accumulation boundary, clipping and the step are DeepSpeed's
-            return loss.detach(), len(x)
+            return loss.detach(), len(x), self._correct(out, y)
         no_sync = not sync and self.env.distributed
         with self.ddp_model.no_sync() if no_sync else contextlib.nullcontext():
+            out = None
             with self.autocast():
                 if len(x):
-                    loss = self.task.loss(self.ddp_model(x), y)
+                    out = self.ddp_model(x)
+                    loss = self.task.loss(out, y)
                 else:  # every sample of this batch was bad: keep ranks in step with a zero gradient
                     loss = sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
             self.scaler.scale(loss / self.accum).backward()
-        return loss.detach(), len(x)
+        return loss.detach(), len(x), self._correct(out, y)
 
     def optimizer_step(self) -> float:
         """Clip, step, schedule, EMA. Returns the base lr the step used."""
@@ -507,7 +522,8 @@ class Trainer:
         return lr
 
     def log_window(self, window: dict, lr: float, epoch: int) -> None:
-        """Train loss (mean over ranks), lr and speed since the last log line. Collective."""
+        """Train loss (mean over ranks), lr and speed since the last log line; the epoch's train accuracy
+        counts. Collective."""
         env, state = self.env, self.state
         loss = dist.sum_scalar(env, float(window["loss"]) / max(window["n"], 1)) / env.world
         images = dist.sum_scalar(env, window["images"])
@@ -516,10 +532,13 @@ class Trainer:
         state.images += int(images)
         state.epoch_loss_sum += loss * window["n"]
         state.epoch_loss_n += window["n"]
+        if self.task.name == "classification":
+            state.epoch_correct += dist.sum_scalar(env, float(window["correct"]))  # the device count's one sync
+            state.epoch_samples += images
         if self.writer is not None:
             self.writer.log_many("train", {"loss": loss, "lr": lr, "img_per_s": rate}, epoch=epoch, step=state.step)
         self.progress.update(state.step - self.progress.n, epoch=epoch + 1, loss=loss, lr=lr, img_per_s=rate)
-        window.update(loss=0.0, n=0, images=0, bad=0, t=time.time())
+        window.update(loss=0.0, n=0, images=0, bad=0, correct=0, t=time.time())
         limit = self.cfg.data.max_bad_fraction
         if state.skipped > 10 and state.skipped > limit * max(state.images, 1):
             raise RuntimeError(f"{state.skipped} undecodable training samples out of {state.images} exceed "
@@ -535,9 +554,12 @@ class Trainer:
         cfg, state = self.cfg, self.state
         epoch = state.epoch
         epoch_loss = state.epoch_loss_sum / max(state.epoch_loss_n, 1)
+        train = {"epoch_loss": epoch_loss, "skipped": float(state.skipped)}
+        if state.epoch_samples:  # classification: accuracy of the training batches as trained (Keras's accuracy)
+            train["acc1"] = state.epoch_correct / state.epoch_samples
         if self.writer is not None and state.epoch_loss_n:
-            self.writer.log_many("train", {"epoch_loss": epoch_loss, "skipped": float(state.skipped)},
-                                 epoch=epoch, step=state.step)
+            self.writer.log_many("train", train, epoch=epoch, step=state.step)
+        train_line = f"train loss {epoch_loss:.4f}" + (f" acc1 {train['acc1']:.4f}" if "acc1" in train else "")
         metrics = {}
         last = epoch + 1 == cfg.trainer.epochs or not epoch_done
         if self.val_ds is not None and ((epoch + 1) % cfg.trainer.eval_every_epochs == 0 or last):
@@ -545,7 +567,10 @@ class Trainer:
             if self.writer is not None:
                 self.writer.log_many("val", metrics, epoch=epoch, step=state.step)
             self.progress.write(f"epoch {epoch + 1}/{cfg.trainer.epochs} val: " +
-                                " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k))
+                                " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k) +
+                                (f"; {train_line}" if state.epoch_loss_n else ""))
+        elif state.epoch_loss_n:
+            self.progress.write(f"epoch {epoch + 1}/{cfg.trainer.epochs} {train_line}")
         value = metrics.get(self.monitor.split("/", 1)[1]) if self.monitor.startswith("val/") else \
             (epoch_loss if self.monitor == "train/epoch_loss" else None)
         improved = False
@@ -559,6 +584,7 @@ class Trainer:
             self.sched.step(epoch + 1, value)
         if epoch_done:
             state.epoch, state.consumed, state.epoch_loss_sum, state.epoch_loss_n = epoch + 1, 0, 0.0, 0
+            state.epoch_correct, state.epoch_samples = 0.0, 0.0
         self.save(improved=improved, value=value, epoch=epoch)
         if cfg.trainer.patience is not None and state.bad_evals >= cfg.trainer.patience:
             self.log(f"early stopping: {self.monitor} has not improved for {state.bad_evals} evaluations "
