@@ -19,13 +19,22 @@ PACK_EPILOG = """\
 kinds and SRC:
   cifar10       cifar-10-batches-py/ (or its parent): official python pickles
   cifar100      cifar-100-python/ (or its parent); --coarse packs the 20 superclasses
-  imagefolder   SRC/<class>/... or SRC/{train,val,test}/<class>/...
-  tinyimagenet  tiny-imagenet-200/ (or its parent)
+  imagefolder   SRC/<class>/... or SRC/{train,val,test}/<class>/...; --split-list NAME=FILE
+                (repeatable) packs only the listed files, each in its list's split
+  tinyimagenet  tiny-imagenet-200/ (or its parent); --official-val test|none carves val from train
+                and keeps the official val as test (or leaves it out)
+  mnist         folder of the four MNIST / Fashion-MNIST IDX files (.gz or not, or under raw/);
+                official train/test; --fashion for the Fashion-MNIST class names (default: when a
+                folder name in SRC or --name contains "fashion"), else the digits 0-9
   ava           SRC/AVA.txt + SRC/images/<id>.jpg (+ tags.txt, challenges.txt)
   digits        '-' (scikit-learn's bundled 8x8 digits; --upscale N, nearest neighbour)
 
 splits: the source's own splits are kept; a missing val (test) split is carved per class from
 train by a seeded hash of each sample key, so it never depends on file order or --workers.
+--val-fraction 0 (--test-fraction 0) carves none: no val (test) split unless the source has one.
+--split-list FILE: one path a line, relative to SRC (e.g. bedroom/image_0001.jpg); files in no list
+are left out and counted (manifest source.unlisted); a listed path that does not exist is an error
+naming the list file and line.
 JPEG/PNG files are stored byte for byte, other formats and raw pixels as lossless PNG.
 An interrupted pack, run again, keeps every complete shard and writes the rest.
 
@@ -34,6 +43,9 @@ examples:
   python -m shards pack cifar10 ~/data/cifar-10-batches-py data/cifar10 --workers 4
   python -m shards pack cifar100 ~/data/cifar-100-python data/cifar100-coarse --coarse
   python -m shards pack imagefolder ~/photos data/photos --resize 256 --val-fraction 0.2
+  python -m shards pack imagefolder ~/15scene data/scene15 --split-list train=train.txt --split-list val=val.txt
+  python -m shards pack tinyimagenet ~/data data/tin-80-20 --official-val test --val-fraction 0.2
+  python -m shards pack mnist ~/data/fashion-mnist data/fashion_mnist
   python -m shards pack ava ~/data/AVA data/ava --test-ids ~/data/AVA/test.jlist --max-shard-bytes 500M
   python -m shards pack imagefolder /big/set /scratch/set --submitit-array 16 --workers 8
 """
@@ -108,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("source-specific options")
     g.add_argument("--coarse", action="store_true", default=None, help="cifar100: the 20 superclasses are the classes")
     g.add_argument("--upscale", type=int, metavar="N", help="digits: enlarge the 8x8 images to NxN (nearest neighbour)")
+    g.add_argument("--split-list", action="append", metavar="NAME=FILE",
+                   help="imagefolder: pack only the files FILE lists (one path a line, relative to SRC) into "
+                        "split NAME (train, val or test); repeat for each split")
+    g.add_argument("--official-val", choices=("val", "test", "none"),
+                   help="tinyimagenet: the labelled val/ images become val (default), test, or are left out; "
+                        "with test or none, val is carved from train by --val-fraction")
+    g.add_argument("--fashion", action=argparse.BooleanOptionalAction, default=None,
+                   help="mnist: Fashion-MNIST class names (default: when SRC's folder name or --name says "
+                        "'fashion'); --no-fashion: the digits 0-9")
     g.add_argument("--ava-txt", metavar="FILE", help="ava: the AVA.txt file (default SRC/AVA.txt)")
     g.add_argument("--images", metavar="DIR", help="ava: folder of <id>.jpg (default SRC/images)")
     g.add_argument("--tags", metavar="FILE",
@@ -141,6 +162,8 @@ def _pack(args) -> int:
     if args.kind not in KINDS:
         raise UsageError(f"unknown source kind {args.kind!r} (choose from {', '.join(KINDS)})")
     specific = {n: getattr(args, n) for _, names in KINDS.values() for n in names}
+    if args.kind == "mnist" and args.fashion is None and args.name and "fashion" in args.name.lower():
+        specific["fashion"] = True  # --name fashion_mnist implies --fashion
     wrong = [n for n, v in specific.items() if v is not None and n not in KINDS[args.kind][1]]
     if wrong:
         raise UsageError(f"--{wrong[0].replace('_', '-')} does not apply to {args.kind}")
@@ -162,6 +185,8 @@ def _pack(args) -> int:
     print(f"skipped {len(m['skipped'])} | {_plural(shards, 'shard')}: {result['new_shards']} written "
           f"({result['written_bytes'] / 1e6:.2f} MB), {result['kept_shards']} kept from an earlier run | "
           f"{total:,} images in {result['seconds']:.1f} s ({total / max(result['seconds'], 1e-9):,.0f} images/s)")
+    if m["source"].get("unlisted"):
+        print(f"left out {m['source']['unlisted']:,} file(s) in no --split-list")
     for item in m["skipped"][:5]:
         print(f"  skipped {item['id']}: {item['reason']}")
     if len(m["skipped"]) > 5:

@@ -215,3 +215,40 @@ def read_split(directory, split: str) -> list[dict]:
     manifest = _json.loads((Path(directory) / "manifest.json").read_text())
     urls = [str(Path(directory) / s["file"]) for s in manifest["splits"][split]["shards"]]
     return [dict(s) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An unsigned-byte IDX file (the MNIST format): magic 0x0000 08 <ndim>, big-endian dimensions, data."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()
+
+
+class MnistData(NamedTuple):
+    root: Path  # holds the four IDX files
+    images: dict[str, np.ndarray]  # "train" / "t10k" -> (N, 28, 28) uint8
+    labels: dict[str, np.ndarray]  # "train" / "t10k" -> (N,) uint8
+
+
+def write_mnist(directory, n_train: int = 20, n_test: int = 10, gz: bool = False, dotted: bool = False,
+                seed: int = 5) -> MnistData:
+    """Write the four MNIST / Fashion-MNIST IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; ``.gz`` with ``gz``; ``train-images.idx3-ubyte``
+    spelling with ``dotted``) into ``directory``: grey 28x28 crops of the bundled photos, labels cycling
+    over 0..9."""
+    import gzip as _gzip
+
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    grey = [np.asarray(Image.fromarray(p).convert("L")) for p in photos(n_train + n_test, size=(28, 28), seed=seed)]
+    images = {"train": np.stack(grey[:n_train]), "t10k": np.stack(grey[n_train:])}
+    labels = {k: (np.arange(len(v)) * 3 + (k == "t10k")).astype(np.uint8) % 10 for k, v in images.items()}
+    for prefix in ("train", "t10k"):
+        for what, idx, data in (("images", "idx3", images[prefix]), ("labels", "idx1", labels[prefix])):
+            name = f"{prefix}-{what}{'.' if dotted else '-'}{idx}-ubyte"
+            raw = idx_bytes(data)
+            if gz:
+                (root / f"{name}.gz").write_bytes(_gzip.compress(raw, mtime=0))
+            else:
+                (root / name).write_bytes(raw)
+    return MnistData(root, images, labels)

@@ -9,8 +9,8 @@ import tarfile
 import numpy as np
 import pytest
 from PIL import Image
-from sourcedata import (add_bad_files, read_split, write_ava, write_cifar10, write_cifar100, write_imagefolder,
-                        write_tinyimagenet)
+from sourcedata import (add_bad_files, idx_bytes, read_split, write_ava, write_cifar10, write_cifar100,
+                        write_imagefolder, write_mnist, write_tinyimagenet)
 
 from shards.cli import main
 from shards.manifest import load_manifest
@@ -190,3 +190,70 @@ def test_bad_image_files_are_skipped_with_reasons(tmp_path, capsys):
     assert "skipped 3" in capsys.readouterr().out
     with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
         assert not [n for n in tar.getnames() if "truncated" in n or "notes" in n or "empty" in n]
+
+
+@pytest.mark.parametrize("gz,dotted", [(False, False), (True, True)])
+def test_mnist_idx_pixels_labels_and_official_split(tmp_path, capsys, gz, dotted):
+    data = write_mnist(tmp_path / "MNIST" / "raw", n_train=40, n_test=10, gz=gz, dotted=dotted)
+    out = tmp_path / "out"
+    m = pack(capsys, "mnist", tmp_path / "MNIST", out, "--val-fraction", "0.25")  # the raw/ layout
+    assert m["name"] == "mnist" and m["classes"] == [str(d) for d in range(10)]
+    assert m["source"]["variant"] == "mnist" and "fashion" in m["source"]["variant_from"]
+    assert m["splits"]["test"]["count"] == 10 and m["splits"]["val"]["count"] == 10  # 1 of 4 per class
+    assert m["splits"]["train"]["count"] == 30 and m["image_stats"]["channels"] == 1
+    seen = 0
+    for split, (key, s) in ((sp, (s["__key__"], s)) for sp in m["splits"] for s in read_split(out, sp)):
+        prefix, index = key.split("-")
+        assert (split == "test") == (prefix == "t10k")
+        img = Image.open(io.BytesIO(s["png"]))
+        assert img.mode == "L" and img.size == (28, 28)
+        np.testing.assert_array_equal(np.asarray(img), data.images[prefix][int(index)])  # lossless, exact
+        assert int(s["cls"]) == data.labels[prefix][int(index)] == json.loads(s["json"])["label"]
+        seen += 1
+    assert seen == 50
+
+
+def test_fashion_mnist_class_names_by_flag_folder_or_name(tmp_path, capsys):
+    write_mnist(tmp_path / "fashion-mnist", n_train=10, n_test=10)
+    write_mnist(tmp_path / "plain", n_train=10, n_test=10)
+    by_folder = pack(capsys, "mnist", tmp_path / "fashion-mnist", tmp_path / "a", "--val-fraction", "0")
+    assert by_folder["name"] == "fashion_mnist" and by_folder["classes"][0] == "T-shirt/top"
+    assert by_folder["classes"][9] == "Ankle boot" and len(by_folder["classes"]) == 10
+    assert pack(capsys, "mnist", tmp_path / "plain", tmp_path / "b", "--fashion")["classes"] == by_folder["classes"]
+    by_name = pack(capsys, "mnist", tmp_path / "plain", tmp_path / "c", "--name", "fashion_mnist")
+    assert by_name["classes"] == by_folder["classes"] and by_name["name"] == "fashion_mnist"
+    digits = pack(capsys, "mnist", tmp_path / "fashion-mnist", tmp_path / "d", "--no-fashion")
+    assert digits["classes"] == [str(d) for d in range(10)] and digits["source"]["variant_from"] == "--no-fashion"
+    assert main(["pack", "cifar10", str(tmp_path), str(tmp_path / "e"), "--fashion"]) == 2
+    assert "--fashion does not apply to cifar10" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("truncate", ["truncated IDX file", "10 x 28 x 28"]),
+    ("magic", ["not an IDX image file", "0x00000801"]),
+    ("truncate_gz", ["truncated or corrupt gzip"]),
+    ("missing", ["missing t10k-labels-idx1-ubyte"]),
+    ("count", ["10 images but", "9 labels"]),
+])
+def test_mnist_bad_idx_files_name_the_file(tmp_path, capsys, damage, words):
+    data = write_mnist(tmp_path / "src", n_train=10, n_test=10, gz=damage == "truncate_gz")
+    images = data.root / "t10k-images-idx3-ubyte"
+    labels = data.root / "t10k-labels-idx1-ubyte"
+    if damage == "truncate":
+        images.write_bytes(images.read_bytes()[:-100])
+    elif damage == "magic":
+        images.write_bytes(labels.read_bytes())  # a labels file where the images should be
+    elif damage == "truncate_gz":
+        images = images.with_name(images.name + ".gz")
+        images.write_bytes(images.read_bytes()[:-30])
+    elif damage == "missing":
+        labels.unlink()
+    else:
+        labels.write_bytes(idx_bytes(data.labels["t10k"][:9]))
+    assert main(["pack", "mnist", str(data.root), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    named = labels if damage == "missing" else images
+    assert (str(named) if damage != "missing" else str(data.root)) in err
+    for w in words:
+        assert w in err, err
+    assert not (tmp_path / "out").exists()

@@ -7,14 +7,16 @@ from shards.sources.ava import ava
 from shards.sources.cifar import cifar10, cifar100
 from shards.sources.digits import digits
 from shards.sources.imagefolder import imagefolder
+from shards.sources.mnist import mnist
 from shards.sources.tinyimagenet import tinyimagenet
 
 # kind -> (reader, the source-specific pack options it takes)
 KINDS = {
     "cifar10": (cifar10, ()),
     "cifar100": (cifar100, ("coarse",)),
-    "imagefolder": (imagefolder, ()),
-    "tinyimagenet": (tinyimagenet, ()),
+    "imagefolder": (imagefolder, ("split_list",)),
+    "tinyimagenet": (tinyimagenet, ("official_val",)),
+    "mnist": (mnist, ("fashion",)),
     "ava": (ava, ("ava_txt", "images", "tags", "challenges", "train_ids", "test_ids")),
     "digits": (digits, ("upscale",)),
 }
