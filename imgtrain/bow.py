@@ -1,5 +1,6 @@
 """Bag-of-visual-words baseline (the 15-scene study): local descriptors -> k-means vocabulary ->
-normalised word histograms -> linear SVM / RBF SVM / random forest, logged like any training run.
+normalised word histograms -> linear SVM / RBF SVM / histogram-intersection SVM / random forest, logged
+like any training run.
 
     from imgtrain import bow
     train = bow.extract_split("shards/scene15", "train", bow.DetectorSpec("sift"))
@@ -12,15 +13,29 @@ What is where:
   keypoints: ORB, for instance, ignores a 31 px border by default).
 - Descriptors: SIFT (128 floats, integer-valued 0..255 in OpenCV, stored as uint8 losslessly), ORB
   (256-bit binary, stored packed), KAZE (64 floats; OpenCV 5 moved KAZE to opencv-contrib, so it is
-  looked up as cv2.KAZE_create or cv2.xfeatures2d.KAZE_create and reported as unavailable otherwise).
-  ORB's binary descriptors are unpacked to 256 values in {0, 1} for k-means: the squared Euclidean
-  distance between two such vectors is exactly their Hamming distance, so k-means and the nearest-word
-  assignment work in ORB's own metric (the centres become per-bit frequencies).
+  looked up as cv2.KAZE_create or cv2.xfeatures2d.KAZE_create and reported as unavailable otherwise),
+  "freak": FAST keypoints (cv2.FastFeatureDetector_create defaults: threshold 10, non-max suppression)
+  described by FREAK (cv2.xfeatures2d.FREAK_create defaults; 512-bit binary, stored packed; FREAK drops
+  keypoints too close to the border), as S001 2.3.5 ran it (SURF being patented). The contrib wheel
+  (opencv-contrib-python-headless) has KAZE and FREAK.
+  Binary descriptors (ORB, FREAK) are unpacked to 256/512 values in {0, 1} for k-means: the squared
+  Euclidean distance between two such vectors is exactly their Hamming distance, so k-means and the
+  nearest-word assignment work in their own metric (the centres become per-bit frequencies).
 - Vocabulary: scikit-learn MiniBatchKMeans, seeded, on at most `max_descriptors` train descriptors drawn
   uniformly at random (seeded). Only train images build the vocabulary.
-- Histograms: word counts per image, L1- or L2-normalised. An image without keypoints gets an all-zero
-  histogram and is counted (`empty`).
-- Classifiers: "linear" LinearSVC(C), "rbf" SVC(rbf, C, gamma="scale"), "rf" RandomForestClassifier.
+- Word assignment (`matcher`): "kmeans" (default) the vocabulary's own predict (exact nearest centre);
+  "bf" OpenCV's brute-force matcher (cv2.BFMatcher, NORM_L2: exact, the same words up to ties); "flann"
+  OpenCV's FLANN matcher (cv2.FlannBasedMatcher() defaults: 4 randomised KD-trees, 32 checks; approximate,
+  seeded with cv2.setRNGSeed(seed) so a run repeats). S001's course `image_classifier` used FLANN by
+  default and compared brute force (2.3.4).
+- Histograms: word counts per image, normalised: "l1" (counts / keypoints), "l2" (unit Euclidean norm),
+  or "clusters" (counts / vocabulary size k: S001's "dividiendo el conteo por el número total de
+  clusters"). An image without keypoints gets an all-zero histogram and is counted (`empty`).
+- Classifiers: "linear" LinearSVC(C), "rbf" SVC(rbf, C, gamma="scale"), "inter" SVC(C) with the
+  histogram-intersection kernel K(x, z) = sum_i min(x_i, z_i) (OpenCV's SVM_INTER, as a callable sklearn
+  kernel), "rf" RandomForestClassifier(trees). `svm_iter` caps the SVM solver's iterations (LinearSVC
+  max_iter, default 10000; SVC max_iter, default unlimited): S001 2.3.2 ran "more SVM iterations". Whether
+  the solver converged is in results.json (train.converged) and the summary (converged).
 
 Runs: one run per (detector, vocab, classifier) cell, `<root>/runs/<base>-<detector>-v<vocab>-<clf>/`,
 the run directory of DESIGN §2 (config.yaml, run.json, metrics/*.parquet, summary.parquet, DONE),
@@ -53,11 +68,14 @@ import numpy as np
 from imgtrain.logs import (MetricWriter, atomic_write_bytes, atomic_write_text, compact_metrics, end_attempt, mark_done,
                            mark_failed, record_failure, read_run, read_status, start_attempt, write_summary)
 
-DETECTORS = ("sift", "orb", "kaze")
-CLASSIFIERS = ("linear", "rbf", "rf")
-NORMS = ("l1", "l2")
+DETECTORS = ("sift", "orb", "kaze", "freak")  # freak: FAST keypoints + FREAK descriptors
+CLASSIFIERS = ("linear", "rbf", "inter", "rf")
+DEFAULT_CLASSIFIERS = ("linear", "rbf", "rf")
+NORMS = ("l1", "l2", "clusters")
+MATCHERS = ("kmeans", "bf", "flann")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm")
 ORB_BITS = 256
+WIDTH = {"sift": 128, "orb": ORB_BITS // 8, "kaze": 64, "freak": 64}  # stored descriptor width (FREAK: 512 bits)
 CHUNK = 200  # samples per extraction task
 
 
@@ -76,7 +94,7 @@ class DetectorSpec:
 
     @property
     def binary(self) -> bool:
-        return self.name == "orb"
+        return self.name in ("orb", "freak")
 
 
 def _kaze_factory():
@@ -93,6 +111,9 @@ def detector_unavailable(name: str) -> Optional[str]:
                 "opencv-contrib; install opencv-contrib-python-headless, or use sift or orb")
     if name == "sift" and not hasattr(cv2, "SIFT_create"):
         return f"SIFT is not in this OpenCV build ({cv2.__version__})"
+    if name == "freak" and not hasattr(getattr(cv2, "xfeatures2d", None), "FREAK_create"):
+        return (f"FREAK is not in this OpenCV build ({cv2.__version__}): it is in opencv-contrib "
+                "(cv2.xfeatures2d); install opencv-contrib-python-headless, or use sift or orb")
     return None
 
 
@@ -104,18 +125,29 @@ def make_detector(spec: DetectorSpec):
         return cv2.SIFT_create(nfeatures=spec.max_keypoints)
     if spec.name == "orb":
         return cv2.ORB_create(nfeatures=spec.max_keypoints or 500)
+    if spec.name == "freak":
+        return cv2.FastFeatureDetector_create(), cv2.xfeatures2d.FREAK_create()
     return _kaze_factory()()
 
 
 def describe(detector, spec: DetectorSpec, grey: np.ndarray) -> np.ndarray:
     """Descriptors of one grey uint8 image in storage form: SIFT uint8 [n, 128], ORB packed uint8
-    [n, 32], KAZE float32 [n, 64]; [0, d] when no keypoint is found."""
+    [n, 32], KAZE float32 [n, 64], FREAK packed uint8 [n, 64]; [0, d] when no keypoint is found.
+    FAST + FREAK: the strongest `max_keypoints` FAST corners (by response) are described."""
     if spec.min_side and min(grey.shape) < spec.min_side:
         scale = spec.min_side / min(grey.shape)
         size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
         grey = cv2.resize(grey, size, interpolation=cv2.INTER_LINEAR)
-    kps, des = detector.detectAndCompute(grey, None)
-    width = {"sift": 128, "orb": ORB_BITS // 8, "kaze": 64}[spec.name]
+    if spec.name == "freak":
+        fast, freak = detector
+        kps = fast.detect(grey, None)
+        if spec.max_keypoints and len(kps) > spec.max_keypoints:
+            keep = np.argsort([-k.response for k in kps], kind="stable")[:spec.max_keypoints]
+            kps = [kps[i] for i in np.sort(keep)]
+        kps, des = freak.compute(grey, kps) if len(kps) else ((), None)
+    else:
+        kps, des = detector.detectAndCompute(grey, None)
+    width = WIDTH[spec.name]
     if des is None or len(kps) == 0:
         return np.zeros((0, width), np.float32 if spec.name == "kaze" else np.uint8)
     if spec.name == "kaze" and spec.max_keypoints and len(kps) > spec.max_keypoints:
@@ -127,7 +159,7 @@ def describe(detector, spec: DetectorSpec, grey: np.ndarray) -> np.ndarray:
 
 
 def as_float(des: np.ndarray, binary: bool) -> np.ndarray:
-    """Stored descriptors -> float32 rows for k-means (ORB: bits unpacked to {0, 1})."""
+    """Stored descriptors -> float32 rows for k-means (ORB, FREAK: bits unpacked to {0, 1})."""
     if binary:
         return np.unpackbits(des, axis=1).astype(np.float32)
     return des.astype(np.float32)
@@ -317,10 +349,39 @@ def fit_vocabulary(descriptors: Sequence[np.ndarray], k: int, *, binary: bool, s
     return km
 
 
-def histograms(descriptors: Sequence[np.ndarray], vocab, *, norm: str, binary: bool) -> np.ndarray:
-    """[n images, k] word histograms, L1- or L2-normalised; images without descriptors stay all-zero."""
+MATCH_CHUNK = 65536  # query descriptors per OpenCV match call (brute force holds a chunk x k distance matrix)
+
+
+def assign_words(x: np.ndarray, vocab, matcher: str = "kmeans", seed: int = 0) -> np.ndarray:
+    """Index of the nearest vocabulary word of every float32 descriptor row: the k-means model's own
+    predict, OpenCV's brute-force matcher (L2, exact) or its FLANN matcher (KD-trees, approximate; the
+    trees are randomised, so cv2.setRNGSeed(seed) first makes the assignment repeat)."""
     from threadpoolctl import threadpool_limits
 
+    if matcher not in MATCHERS:
+        raise BowError(f"unknown matcher {matcher!r} (choose from {', '.join(MATCHERS)})")
+    if matcher == "kmeans":
+        with threadpool_limits(1, "blas"):
+            return vocab.predict(x)
+    centres = np.ascontiguousarray(vocab.cluster_centers_, np.float32)
+    if matcher == "bf":
+        m = cv2.BFMatcher(cv2.NORM_L2)
+    else:
+        cv2.setRNGSeed(seed)
+        m = cv2.FlannBasedMatcher()
+    m.add([centres])
+    m.train()
+    words = np.empty(len(x), np.int64)
+    for a in range(0, len(x), MATCH_CHUNK):
+        q = np.ascontiguousarray(x[a:a + MATCH_CHUNK], np.float32)
+        words[a:a + len(q)] = [mt.trainIdx for mt in m.match(q)]
+    return words
+
+
+def histograms(descriptors: Sequence[np.ndarray], vocab, *, norm: str, binary: bool, matcher: str = "kmeans",
+               seed: int = 0) -> np.ndarray:
+    """[n images, k] word histograms normalised by `norm` (l1: / keypoints, l2: / Euclidean norm, clusters:
+    / k); images without descriptors stay all-zero. `matcher` assigns the words (assign_words)."""
     if norm not in NORMS:
         raise BowError(f"unknown norm {norm!r} (choose from {', '.join(NORMS)})")
     k = vocab.n_clusters
@@ -329,25 +390,41 @@ def histograms(descriptors: Sequence[np.ndarray], vocab, *, norm: str, binary: b
     sizes = np.array([len(d) for d in descriptors], np.int64)
     if sizes.sum():
         x = as_float(np.concatenate([d for d in descriptors if len(d)]), binary)
-        with threadpool_limits(1, "blas"):
-            words = vocab.predict(x)
+        words = assign_words(x, vocab, matcher, seed)
         image = np.repeat(np.arange(n), sizes)
         np.add.at(counts, (image, words), 1.0)
+    if norm == "clusters":
+        return counts / k
     scale = counts.sum(axis=1, keepdims=True) if norm == "l1" else np.linalg.norm(counts, axis=1, keepdims=True)
     return np.divide(counts, scale, out=np.zeros_like(counts), where=scale > 0)
 
 
 # =============================================================================== classifiers, metrics
 
-def make_classifier(name: str, *, C: float = 1.0, trees: int = 200, seed: int = 0, jobs: int = 1):
+def intersection_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Histogram-intersection Gram matrix K[i, j] = sum_w min(a[i, w], b[j, w]) (OpenCV's SVM_INTER),
+    computed in row blocks of at most ~16M elements."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    out = np.empty((len(a), len(b)), np.float64)
+    step = max(1, (1 << 24) // max(1, b.size))
+    for i in range(0, len(a), step):
+        out[i:i + step] = np.minimum(a[i:i + step, None, :], b[None, :, :]).sum(axis=2)
+    return out
+
+
+def make_classifier(name: str, *, C: float = 1.0, trees: int = 200, seed: int = 0, jobs: int = 1,
+                    svm_iter: Optional[int] = None):
+    """`svm_iter`: the SVM solver's iteration cap (None: LinearSVC 10000, SVC unlimited)."""
     if name == "linear":
         from sklearn.svm import LinearSVC
 
-        return LinearSVC(C=C, max_iter=10_000, random_state=seed)
-    if name == "rbf":
+        return LinearSVC(C=C, max_iter=svm_iter or 10_000, random_state=seed)
+    if name in ("rbf", "inter"):
         from sklearn.svm import SVC
 
-        return SVC(kernel="rbf", C=C, gamma="scale", random_state=seed)
+        kernel = dict(kernel="rbf", gamma="scale") if name == "rbf" else dict(kernel=intersection_kernel)
+        return SVC(C=C, max_iter=svm_iter or -1, random_state=seed, **kernel)
     if name == "rf":
         from sklearn.ensemble import RandomForestClassifier
 
@@ -376,8 +453,10 @@ class BowParams:
     data: str
     detectors: list[str] = field(default_factory=lambda: ["sift"])
     vocabs: list[int] = field(default_factory=lambda: [100, 200, 500])
-    classifiers: list[str] = field(default_factory=lambda: list(CLASSIFIERS))
+    classifiers: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSIFIERS))
     norm: str = "l2"
+    matcher: str = "kmeans"
+    svm_iter: Optional[int] = None  # None: LinearSVC 10000, SVC unlimited
     max_descriptors: int = 100_000
     max_keypoints: int = 0
     min_side: int = 0
@@ -394,11 +473,18 @@ def cell_name(detector: str, vocab: int, classifier: str) -> str:
     return f"{detector}-v{vocab}-{classifier}"
 
 
+# settings added after runs existed: left out of the hashes at these defaults, so the run names and config
+# hashes of earlier grids stay what they were
+_NEW_DEFAULTS = {"matcher": "kmeans", "svm_iter": None}
+
+
 def _common_config(p: BowParams, manifest: dict) -> dict:
     """The settings every cell shares (what the base run name's hash covers: no paths, no workers)."""
-    return {"data_name": manifest["name"], "max_images": p.max_images, "min_side": p.min_side, "norm": p.norm,
-            "max_descriptors": p.max_descriptors, "max_keypoints": p.max_keypoints, "C": p.C, "trees": p.trees,
-            "seed": p.seed}
+    out = {"data_name": manifest["name"], "max_images": p.max_images, "min_side": p.min_side, "norm": p.norm,
+           "max_descriptors": p.max_descriptors, "max_keypoints": p.max_keypoints, "C": p.C, "trees": p.trees,
+           "seed": p.seed}
+    out.update({k: getattr(p, k) for k, d in _NEW_DEFAULTS.items() if getattr(p, k) != d})
+    return out
 
 
 def _hash(obj: Any) -> str:
@@ -414,8 +500,8 @@ def cell_config(p: BowParams, manifest: dict, base: str, detector: str, vocab: i
         "data": {"path": str(Path(p.data).resolve()), "name": manifest["name"], "max_images": p.max_images,
                  "min_side": p.min_side},
         "bow": {"detector": detector, "vocab": vocab, "classifier": classifier, "norm": p.norm,
-                "max_descriptors": p.max_descriptors, "max_keypoints": p.max_keypoints, "C": p.C,
-                "trees": p.trees},
+                "matcher": p.matcher, "max_descriptors": p.max_descriptors, "max_keypoints": p.max_keypoints,
+                "C": p.C, "svm_iter": p.svm_iter, "trees": p.trees},
         "trainer": {"seed": p.seed, "monitor": "val/acc1"},
         "output": {"root": str(p.root), "run": f"{base}-{cell_name(detector, vocab, classifier)}", "sweep": base,
                    "cell": cell_name(detector, vocab, classifier)},
@@ -426,6 +512,7 @@ def _config_hash(cfg: dict) -> str:
     """What changes results: everything but output.* and the data set's path."""
     kept = {k: v for k, v in cfg.items() if k != "output"}
     kept["data"] = {k: v for k, v in cfg["data"].items() if k != "path"}
+    kept["bow"] = {k: v for k, v in cfg["bow"].items() if k not in _NEW_DEFAULTS or v != _NEW_DEFAULTS[k]}
     return _hash(kept)
 
 
@@ -466,6 +553,10 @@ def run_grid(p: BowParams) -> int:
             raise BowError(f"unknown classifier {name!r} (choose from {', '.join(CLASSIFIERS)})")
     if p.norm not in NORMS:
         raise BowError(f"unknown norm {p.norm!r} (choose from {', '.join(NORMS)})")
+    if p.matcher not in MATCHERS:
+        raise BowError(f"unknown matcher {p.matcher!r} (choose from {', '.join(MATCHERS)})")
+    if p.svm_iter is not None and p.svm_iter < 1:
+        raise BowError("--svm-iter: at least 1 iteration")
     if any(v < 2 for v in p.vocabs):
         raise BowError("--vocab: a vocabulary needs at least 2 words")
     manifest = load_dataset(p.data)
@@ -521,7 +612,8 @@ def _run_detector(p: BowParams, manifest: dict, detector: str, by_vocab: dict[in
         try:
             km = fit_vocabulary(feats["train"].descriptors, vocab, binary=spec.binary, seed=p.seed,
                                 max_descriptors=p.max_descriptors)
-            hist = {s: histograms(f.descriptors, km, norm=p.norm, binary=spec.binary) for s, f in feats.items()}
+            hist = {s: histograms(f.descriptors, km, norm=p.norm, binary=spec.binary, matcher=p.matcher,
+                                  seed=p.seed) for s, f in feats.items()}
         except BowError as e:
             for cell in todo_cells:
                 _fail_unstarted(cell, str(e))
@@ -530,7 +622,8 @@ def _run_detector(p: BowParams, manifest: dict, detector: str, by_vocab: dict[in
             continue
         vocab_s = time.perf_counter() - t0
         used = min(p.max_descriptors or feats["train"].keypoints, feats["train"].keypoints)
-        log(f"{detector} vocab {vocab}: k-means on {used:,} descriptors + histograms in {vocab_s:.1f}s")
+        log(f"{detector} vocab {vocab}: k-means on {used:,} descriptors + histograms ({p.matcher} words, "
+            f"{p.norm}) in {vocab_s:.1f}s")
         for cell in todo_cells:
             ok, line = _run_cell(cell, p, manifest["classes"], feats, hist, km, vocab_s, monitor_split)
             failed += not ok
@@ -548,7 +641,10 @@ def _fail_unstarted(cell: _Cell, reason: str) -> None:
 
 def _run_cell(cell: _Cell, p: BowParams, classes: list[str], feats: dict, hist: dict, km, vocab_s: float,
               monitor_split: str) -> tuple[bool, str]:
+    import warnings
+
     import yaml
+    from sklearn.exceptions import ConvergenceWarning
 
     cfg, rdir = cell.cfg, cell.dir
     rdir.mkdir(parents=True, exist_ok=True)
@@ -559,9 +655,12 @@ def _run_cell(cell: _Cell, p: BowParams, classes: list[str], feats: dict, hist: 
     t0 = time.perf_counter()
     try:
         tr = feats["train"]
-        clf = make_classifier(cell.clf, C=p.C, trees=p.trees, seed=p.seed, jobs=p.workers)
+        clf = make_classifier(cell.clf, C=p.C, trees=p.trees, seed=p.seed, jobs=p.workers, svm_iter=p.svm_iter)
         y_train = np.asarray(tr.labels)
-        clf.fit(hist["train"], y_train)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            clf.fit(hist["train"], y_train)
+        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
         fit_s = time.perf_counter() - t0
         train_acc = float((clf.predict(hist["train"]) == y_train).mean())
         writer.log_many("train", {"acc1": train_acc, "samples": tr.n, "skipped": len(tr.skipped), "empty": tr.empty,
@@ -578,8 +677,8 @@ def _run_cell(cell: _Cell, p: BowParams, classes: list[str], feats: dict, hist: 
             per_split[split] = {"metrics": metrics, "confusion_matrix": cm.tolist()}
         writer.flush()
         wall_s = time.perf_counter() - t0
-        results = {"class_names": classes, "train": {"acc1": train_acc, "samples": tr.n, "empty": tr.empty},
-                   **per_split}
+        results = {"class_names": classes, "train": {"acc1": train_acc, "samples": tr.n, "empty": tr.empty,
+                                                     "converged": converged}, **per_split}
         atomic_write_text(rdir / "results.json", json.dumps(results, indent=1))
         if "test" in per_split:
             atomic_write_text(rdir / "test_results.json", json.dumps(
@@ -587,12 +686,14 @@ def _run_cell(cell: _Cell, p: BowParams, classes: list[str], feats: dict, hist: 
                  "checkpoint": "model.pkl", "confusion_matrix": per_split["test"]["confusion_matrix"]}, indent=1))
         atomic_write_bytes(rdir / "model.pkl", pickle.dumps(
             {"vocabulary": km.cluster_centers_.astype(np.float32), "classifier": clf, "detector": asdict(
-                DetectorSpec(cell.detector, p.max_keypoints, p.min_side)), "norm": p.norm, "classes": classes}))
+                DetectorSpec(cell.detector, p.max_keypoints, p.min_side)), "norm": p.norm, "matcher": p.matcher,
+             "classes": classes}))
         monitor = f"{monitor_split}/acc1"
         best = train_acc if monitor_split == "train" else per_split[monitor_split]["metrics"]["acc1"]
         summary = {"run_id": cell.run_id, "sweep": cfg["output"]["sweep"], "status": "DONE", "monitor": monitor,
                    "best": best, "best_epoch": 0, "epochs": 1, "steps": 0, "wall_s": wall_s, "gpu_hours": 0.0,
                    "img_per_s": None, "extract_s": tr.seconds, "vocab_s": vocab_s, "fit_s": fit_s,
+                   "converged": converged,
                    **{f"test/{k}": v for k, v in per_split.get("test", {}).get("metrics", {}).items() if "/" not in k}}
         write_summary(rdir, summary, config=cfg)
         mark_done(rdir)
@@ -603,7 +704,8 @@ def _run_cell(cell: _Cell, p: BowParams, classes: list[str], feats: dict, hist: 
         reason = record_failure(rdir, attempt, e)
         return False, f"{cell.run_id}: FAILED: {reason}"
     parts = [f"{s} acc1 {d['metrics']['acc1']:.4f} f1 {d['metrics']['f1']:.4f}" for s, d in per_split.items()]
-    return True, f"{cell.run_id}: train acc1 {train_acc:.4f} | " + " | ".join(parts) + f" ({wall_s:.1f}s)"
+    return True, (f"{cell.run_id}: train acc1 {train_acc:.4f} | " + " | ".join(parts) + f" ({wall_s:.1f}s"
+                  + ("" if converged else "; the solver stopped at its iteration cap, not converged") + ")")
 
 
 # =============================================================================== command line
@@ -616,6 +718,14 @@ examples:
   python jobs/bow.py --data shards/digits64 --vocab 50 100 --out /tmp/bow --run bow-digits
   python jobs/bow.py --data shards/digits64 --detector orb --min-side 128 --vocab 50 --out /tmp/bow --run bow-digits
   python jobs/analyze.py /tmp/bow --sweep bow-digits              # the grid as a table
+
+S001 (15-scene, course image_classifier: OpenCV SVM, histograms / k, FLANN words):
+  python jobs/bow.py --data shards/scene15 --vocab 100 --classifier linear --norm clusters --matcher flann
+  python jobs/bow.py --data shards/scene15 --vocab 500 --classifier linear --norm clusters --matcher flann --svm-iter 100000
+  python jobs/bow.py --data shards/scene15 --vocab 250 --classifier rbf inter --norm clusters --matcher flann
+  python jobs/bow.py --data shards/scene15 --vocab 300 --classifier linear --norm clusters --matcher bf
+  python jobs/bow.py --data shards/scene15 --detector freak kaze --vocab 250 --classifier linear --norm clusters
+  python jobs/bow.py --data shards/scene15 --vocab 250 --classifier rf --norm clusters --matcher flann
 
 One run per (detector, vocab, classifier) cell: ROOT/runs/<run>-<detector>-v<vocab>-<classifier>/ with
 config.yaml, run.json, metrics/*.parquet (epoch 0, step 0; splits train/val/test), summary.parquet
@@ -633,19 +743,28 @@ def build_parser():
 
     p = argparse.ArgumentParser(
         prog="jobs/bow.py",
-        description="Bag-of-visual-words baseline: OpenCV descriptors (SIFT/ORB/KAZE) of a shard data set's "
-                    "grey images, a k-means vocabulary fitted on train, normalised word histograms, and linear SVM, "
-                    "RBF SVM and random forest classifiers scored on val and test; one run directory per cell, "
-                    "logged to the Parquet metrics schema.",
+        description="Bag-of-visual-words baseline: OpenCV descriptors (SIFT/ORB/KAZE/FAST+FREAK) of a shard data "
+                    "set's grey images, a k-means vocabulary fitted on train, normalised word histograms, and linear "
+                    "SVM, RBF SVM, histogram-intersection SVM and random forest classifiers scored on val and test; "
+                    "one run directory per cell, logged to the Parquet metrics schema.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="SHARDS_DIR", help="shard data set (holds manifest.json)")
     p.add_argument("--detector", nargs="+", default=["sift"], choices=DETECTORS, metavar="NAME",
-                   help="sift, orb and/or kaze (default sift); KAZE needs an OpenCV build that has it")
+                   help="sift, orb, kaze and/or freak (FAST keypoints + FREAK descriptors) (default sift); KAZE "
+                        "and FREAK need OpenCV's contrib build (opencv-contrib-python-headless)")
     p.add_argument("--vocab", nargs="+", type=int, default=[100, 200, 500], metavar="K",
                    help="vocabulary sizes (default 100 200 500)")
-    p.add_argument("--classifier", nargs="+", default=list(CLASSIFIERS), choices=CLASSIFIERS, metavar="NAME",
-                   help="linear (LinearSVC), rbf (SVC) and/or rf (random forest); default all three")
-    p.add_argument("--norm", choices=NORMS, default="l2", help="histogram normalisation (default l2)")
+    p.add_argument("--classifier", nargs="+", default=list(DEFAULT_CLASSIFIERS), choices=CLASSIFIERS,
+                   metavar="NAME", help="linear (LinearSVC), rbf (SVC, gamma scale), inter (SVC with the "
+                                        "histogram-intersection kernel) and/or rf (random forest); default linear "
+                                        "rbf rf")
+    p.add_argument("--norm", choices=NORMS, default="l2",
+                   help="histogram normalisation: l1 (counts / keypoints), l2 (unit length; default) or clusters "
+                        "(counts / vocabulary size, S001's image_classifier: features ~1/k^2 per word, so "
+                        "the SVMs need a far larger --C)")
+    p.add_argument("--matcher", choices=MATCHERS, default="kmeans",
+                   help="descriptor -> word assignment: kmeans (the vocabulary's predict, exact; default), bf "
+                        "(OpenCV brute force, exact) or flann (OpenCV FLANN KD-trees, approximate, seeded)")
     p.add_argument("--max-descriptors", type=int, default=100_000, metavar="N",
                    help="train descriptors sampled for k-means (default 100000; 0: all)")
     p.add_argument("--max-keypoints", type=int, default=0, metavar="N",
@@ -656,6 +775,8 @@ def build_parser():
     p.add_argument("--max-images", type=int, default=None, metavar="N",
                    help="use the first N samples of each split (manifest order, a seeded hash order)")
     p.add_argument("--C", type=float, default=1.0, help="SVM regularisation (default 1.0)")
+    p.add_argument("--svm-iter", type=int, default=None, metavar="N",
+                   help="SVM solver iteration cap (default: LinearSVC 10000, SVC unlimited); S001 raised it")
     p.add_argument("--trees", type=int, default=200, help="random forest size (default 200)")
     p.add_argument("--seed", type=int, default=0, help="k-means, descriptor sample and classifier seed (default 0)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
@@ -670,7 +791,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     params = BowParams(data=args.data, detectors=list(dict.fromkeys(args.detector)),
                        vocabs=list(dict.fromkeys(args.vocab)), classifiers=list(dict.fromkeys(args.classifier)),
-                       norm=args.norm, max_descriptors=args.max_descriptors, max_keypoints=args.max_keypoints,
+                       norm=args.norm, matcher=args.matcher, svm_iter=args.svm_iter,
+                       max_descriptors=args.max_descriptors, max_keypoints=args.max_keypoints,
                        min_side=args.min_side, max_images=args.max_images, C=args.C, trees=args.trees,
                        seed=args.seed, workers=max(1, args.workers), root=args.out, run=args.run)
     try:

@@ -26,11 +26,10 @@ from PIL import Image
 from imgtrain import bow, dcgan
 from imgtrain.logs import read_metrics, read_run, read_summaries
 from conftest import PY, ROOT, run_cmd
-from sourcedata import write_imagefolder
+from sourcedata import photos, write_imagefolder
 
 BOW = ROOT / "jobs" / "bow.py"
 GAN = ROOT / "jobs" / "dcgan.py"
-KAZE_MISSING = bow.detector_unavailable("kaze")
 
 
 def rows(table, split=None, metric=None):
@@ -182,9 +181,9 @@ def test_bow_counts_images_without_keypoints(tmp_path, capsys):
     assert "train: 12 images" in out and "2 without keypoints" in out
 
 
-@pytest.mark.skipif(bool(KAZE_MISSING), reason=f"no KAZE here: {KAZE_MISSING}")
 @pytest.mark.slow
 def test_bow_kaze_path_runs(digits64, tmp_path, capsys):
+    assert bow.detector_unavailable("kaze") is None  # requirements.txt pins opencv-contrib-python-headless
     code = bow.main(["--data", str(digits64), "--detector", "kaze", "--vocab", "32", "--classifier", "linear",
                      "--max-images", "300", "--out", str(tmp_path), "--run", "kz"])
     assert code == 0, capsys.readouterr().out
@@ -192,13 +191,116 @@ def test_bow_kaze_path_runs(digits64, tmp_path, capsys):
     assert values(table, "test", "acc1")[0] > 0.3
 
 
-@pytest.mark.skipif(not KAZE_MISSING, reason="this OpenCV build has KAZE (test_bow_kaze_path_runs runs it)")
-def test_bow_kaze_unavailable_is_a_clear_error(tmp_path, capsys):
+def test_bow_kaze_unavailable_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bow, "_kaze_factory", lambda: None)  # an OpenCV build without contrib
     code = bow.main(["--data", str(tmp_path), "--detector", "sift", "kaze", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "KAZE is not in this OpenCV build" in err[0] and "opencv-contrib" in err[0]
     assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+# ---------------------------------------------------------------------------- S001's settings (issue 17)
+
+def test_kaze_and_fast_freak_describe_an_image():
+    img = np.asarray(Image.fromarray(photos(1, size=(160, 160), seed=3)[0]).convert("L"))  # a real photo crop
+    for name, width, dtype in (("kaze", 64, np.float32), ("freak", 64, np.uint8)):
+        assert bow.detector_unavailable(name) is None
+        spec = bow.DetectorSpec(name)
+        des = bow.describe(bow.make_detector(spec), spec, img)
+        assert des.ndim == 2 and des.shape[1] == width and des.dtype == dtype and len(des) > 5, (name, des.shape)
+    spec = bow.DetectorSpec("freak", max_keypoints=5)
+    assert spec.binary and len(bow.describe(bow.make_detector(spec), spec, img)) <= 5
+    assert bow.as_float(des, binary=True).shape[1] == 512  # FREAK: 512 bits -> Hamming as squared L2
+    blank = np.full((64, 64), 90, np.uint8)
+    assert bow.describe(bow.make_detector(spec), spec, blank).shape == (0, 64)
+
+
+def test_clusters_norm_divides_counts_by_vocabulary_size_and_matchers_agree():
+    rng = np.random.default_rng(0)
+    blobs = [np.clip(rng.normal(m, 3, (60, 128)), 0, 255).astype(np.uint8) for m in (30, 110, 200)]
+    vocab = bow.fit_vocabulary(blobs, 3, binary=False, seed=0)
+    images = [blobs[0][:4], np.zeros((0, 128), np.uint8), np.concatenate([blobs[1][:2], blobs[2][:6]])]
+    h = bow.histograms(images, vocab, norm="clusters", binary=False)
+    counts = np.sort(h * 3, axis=1)
+    assert np.allclose(counts, [[0, 0, 4], [0, 0, 0], [0, 2, 6]])  # counts / k, not / keypoints
+    x = bow.as_float(np.concatenate(blobs), binary=False)
+    exact = vocab.predict(x)
+    for matcher in ("bf", "flann"):  # well separated words: FLANN's approximate search finds the same
+        assert np.array_equal(bow.assign_words(x, vocab, matcher, seed=0), exact), matcher
+        assert np.array_equal(bow.histograms(images, vocab, norm="l1", binary=False, matcher=matcher),
+                              bow.histograms(images, vocab, norm="l1", binary=False))
+    with pytest.raises(bow.BowError, match="unknown matcher"):
+        bow.assign_words(x, vocab, "hamming")
+
+
+def test_intersection_kernel_and_svm_iteration_cap():
+    a = np.array([[0.2, 0.5, 0.3], [1.0, 0.0, 0.0]])
+    b = np.array([[0.1, 0.6, 0.3], [0.0, 0.0, 1.0], [0.5, 0.5, 0.0]])
+    k = bow.intersection_kernel(a, b)
+    assert k.shape == (2, 3) and np.allclose(k, [[0.1 + 0.5 + 0.3, 0.3, 0.2 + 0.5], [0.1, 0.0, 0.5]])
+    rng = np.random.default_rng(1)
+    x = rng.dirichlet(np.ones(20), 400)
+    assert np.allclose(bow.intersection_kernel(x, x[:7]), np.minimum(x[:, None], x[None, :7]).sum(-1))
+    svm = bow.make_classifier("inter", C=2.0, svm_iter=50)
+    assert svm.kernel is bow.intersection_kernel and svm.C == 2.0 and svm.max_iter == 50
+    assert bow.make_classifier("linear", svm_iter=123).max_iter == 123
+    assert bow.make_classifier("linear").max_iter == 10_000 and bow.make_classifier("rbf").max_iter == -1
+    assert bow.make_classifier("rf", trees=7).n_estimators == 7
+
+
+@pytest.mark.slow
+def test_bow_s001_settings_freak_inter_clusters_flann_iterations(digits64, tmp_path, capsys):
+    """S001's knobs on the 64 px digits: FAST+FREAK and SIFT, histograms / k, FLANN and brute-force words,
+    the intersection kernel, an iteration cap, a 250-word vocabulary; all in config.yaml and results.json."""
+    root = tmp_path / "root"
+    common = ["--data", str(digits64), "--max-images", "300", "--out", str(root)]
+    code = bow.main(common + ["--norm", "clusters", "--detector", "freak", "--min-side", "128", "--vocab", "32", "--classifier",
+                              "linear", "inter", "--matcher", "flann", "--svm-iter", "5", "--run", "s1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "flann words, clusters" in out and "not converged" in out  # 5 iterations do not converge
+    table = read_metrics(root)
+    for clf in ("linear", "inter"):
+        t = table.filter(pc.equal(table["run_id"], f"s1-freak-v32-{clf}"))
+        assert values(t, "train", "keypoints")[0] > 10 and values(t, "test", "acc1")[0] > 0.2  # chance 0.1
+        cfg = yaml.safe_load((root / "runs" / f"s1-freak-v32-{clf}" / "config.yaml").read_text())["bow"]
+        assert (cfg["detector"], cfg["norm"], cfg["matcher"], cfg["svm_iter"], cfg["classifier"]) == (
+            "freak", "clusters", "flann", 5, clf)
+        res = json.loads((root / "runs" / f"s1-freak-v32-{clf}" / "results.json").read_text())
+        assert res["train"]["converged"] is False
+    summ = {r["run_id"]: r for r in read_summaries(root).to_pylist()}
+    assert summ["s1-freak-v32-inter"]["converged"] is False and summ["s1-freak-v32-inter"]["cfg.bow.matcher"] == "flann"
+    # brute-force words, a 250-word vocabulary (S001 2.3.3-2.3.4), the intersection kernel unconstrained.
+    # Histograms / k are tiny (~keypoints / k^2 per word): at C=1 the intersection SVM predicts one class,
+    # so with --norm clusters C must grow with k; on L1 histograms C=1 learns
+    code = bow.main(common + ["--vocab", "250", "--classifier", "inter", "--norm", "l1", "--matcher", "bf",
+                              "--run", "s2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    t = read_metrics(root, run_id="s2-sift-v250-inter")
+    assert values(t, "test", "acc1")[0] > 0.6, out
+    assert json.loads((root / "runs/s2-sift-v250-inter/results.json").read_text())["train"]["converged"] is True
+    code = bow.main(common + ["--vocab", "250", "--classifier", "inter", "--norm", "clusters", "--C", "1000",
+                              "--run", "s3"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert values(read_metrics(root, run_id="s3-sift-v250-inter"), "test", "acc1")[0] > 0.6, out
+
+
+def test_default_settings_keep_their_run_names_and_config_hashes():
+    """matcher and svm_iter at their defaults leave the hashes of grids run before they existed unchanged."""
+    manifest = {"name": "d"}
+    p = bow.BowParams(data="x")
+    base = bow._common_config(p, manifest)
+    assert "matcher" not in base and "svm_iter" not in base
+    cfg = bow.cell_config(p, manifest, "b", "sift", 100, "linear")
+    old = json.loads(json.dumps(cfg))
+    del old["bow"]["matcher"], old["bow"]["svm_iter"]
+    assert bow._config_hash(cfg) == bow._config_hash(old)
+    p2 = bow.BowParams(data="x", matcher="flann")
+    assert bow._common_config(p2, manifest)["matcher"] == "flann"
+    assert bow._config_hash(bow.cell_config(p2, manifest, "b", "sift", 100, "linear")) != bow._config_hash(cfg)
 
 
 # ============================================================================ IDX files
