@@ -72,6 +72,15 @@ class DataConfig:
     # where training JPEGs are decoded: "workers" (CPU) or "device" (nvJPEG on the GPU, for the plain
     # random-resized-crop + flip, when the workers cannot keep up; see imgtrain/data/device_decode.py)
     decode_on: str = _added("workers")
+    # data.val_split equal to data.test_split (or 'test') validates on the test split: early stopping, the monitor
+    # and the best checkpoint then select on test data, so the test result is no longer held out (what S004 did).
+    # A config error unless this is true; when true the trainer warns at start and run.json records it.
+    select_on_test: bool = _added(False)
+
+    def selects_on_test(self) -> bool:
+        """Validation (early stopping, monitor, best checkpoint) runs on the test split: data.val_split is
+        data.test_split, or the split named test."""
+        return self.val_split is not None and self.val_split in (self.test_split, "test")
 
     def plain_crop(self) -> bool:
         """Training augmentation is only random-resized-crop + flip: the loader's fast path, which takes
@@ -578,6 +587,13 @@ def from_dict(data: dict, origins: Optional[dict[str, str]] = None, overrides: t
                           "plain random-resized-crop + flip: it cannot run with data.simple_augment, auto_augment, "
                           "color_jitter, vflip, an interpolation other than bilinear/bicubic, or in_chans=1; "
                           "set data.decode_on=workers")
+    if cfg.data.selects_on_test() and not cfg.data.select_on_test:
+        where = ", ".join(f"data.{k}={getattr(cfg.data, k) or 'null'} [{origins.get(f'data.{k}', 'default')}]"
+                          for k in ("val_split", "test_split"))
+        raise ConfigError(f"data.val_split is the test split ({where}): the model would be selected on the test "
+                          "split, so its test result is not held out; set "
+                          "data.select_on_test=true to do this on purpose (it is then recorded in run.json), or "
+                          "validate on another split")
     return cfg
 
 

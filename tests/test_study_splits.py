@@ -123,3 +123,71 @@ def test_tinyimagenet_official_val_left_out(tmp_path, capsys):
     assert m["source"]["official_val_left_out"] == 6 and m["skipped"] == []
     default = pack(capsys, "tinyimagenet", tmp_path / "src", tmp_path / "default")
     assert default["splits"]["val"]["class_counts"] == [3, 3] and "official_val" not in default["source"]
+
+
+# ------------------------------------------------------------------ b/d. the trainer with these splits
+
+def test_80_20_data_set_trains_with_test_split_null(tmp_path, capsys):
+    from conftest import PY, ROOT, run_cmd, train_cmd
+
+    data = tmp_path / "digits"
+    run_cmd([PY, "-m", "shards", "pack", "digits", "-", data, "--upscale", "16", "--val-fraction", "0.2",
+             "--test-fraction", "0"])
+    assert list(load_manifest(data)["splits"]) == ["train", "val"]
+    proc = run_cmd(train_cmd(ROOT / "tests/configs/tiny_digits.yaml", f"data.path={data}", f"output.root={tmp_path}",
+                             "output.run=r", "data.test_split=null", "trainer.epochs=1", "trainer.max_steps=5"))
+    rdir = tmp_path / "runs" / "r"
+    assert (rdir / "DONE").exists() and not (rdir / "test_results.json").exists()
+    assert "test: " not in proc.stdout and "WARNING" not in proc.stdout
+    assert "warnings" not in json.loads((rdir / "run.json").read_text())
+
+
+# ------------------------------------------------------------------ d. selecting on the test split
+
+def cfg_with(*overrides):
+    from imgtrain import config as C
+
+    return C.from_dict({"data": {"path": "x"}}, overrides=list(overrides))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["data.val_split=test", "data.test_split=test"],
+    ["data.val_split=test", "data.test_split=null"],
+    ["data.val_split=holdout", "data.test_split=holdout"],
+])
+def test_validating_on_the_test_split_needs_select_on_test(overrides):
+    from imgtrain import config as C
+
+    with pytest.raises(C.ConfigError) as e:
+        cfg_with(*overrides)
+    msg = str(e.value)
+    assert "data.val_split" in msg and "data.test_split" in msg and "data.select_on_test=true" in msg
+    assert f"[override '{overrides[0]}']" in msg
+    assert cfg_with(*overrides, "data.select_on_test=true").data.select_on_test is True
+
+
+def test_select_on_test_keeps_old_config_hashes():
+    from imgtrain import config as C
+
+    assert C.config_hash(cfg_with("data.select_on_test=false")) == C.config_hash(cfg_with())
+    assert cfg_with("data.val_split=val").data.selects_on_test() is False
+    assert cfg_with("data.test_split=null", "data.val_split=null").data.selects_on_test() is False
+
+
+def test_select_on_test_run_warns_and_records_it(tmp_path, digits_shards):
+    from conftest import ROOT, run_cmd, train_cmd
+    from imgtrain.logs import read_summaries
+
+    cfg = ROOT / "tests/configs/tiny_digits.yaml"
+    args = [f"data.path={digits_shards}", f"output.root={tmp_path}", "output.run=s004", "trainer.epochs=1",
+            "trainer.max_steps=5", "data.val_split=test", "data.test_split=test"]
+    refused = run_cmd(train_cmd(cfg, *args), check=False)
+    assert refused.returncode != 0 and "data.select_on_test=true" in refused.stdout + refused.stderr
+    proc = run_cmd(train_cmd(cfg, *args, "data.select_on_test=true"))
+    warning = [line for line in proc.stdout.splitlines() if "WARNING" in line]
+    assert len(warning) == 1 and "test split" in warning[0] and "not held out" in warning[0]
+    run = json.loads((tmp_path / "runs" / "s004" / "run.json").read_text())
+    assert len(run["warnings"]) == 1 and run["warnings"][0] in warning[0]
+    assert run["attempts"][-1]["warnings"] == run["warnings"] and list(run)[-1] == "attempts"
+    summary = read_summaries(tmp_path).to_pylist()[0]
+    assert summary["cfg.data.select_on_test"] is True and summary["cfg.data.val_split"] == "test"

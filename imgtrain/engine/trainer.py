@@ -340,6 +340,10 @@ class Trainer:
         if cfg.trainer.max_steps:
             total = min(total, cfg.trainer.max_steps)
         self.log(f"run {self.run_id} -> {self.rdir}")
+        if cfg.data.select_on_test and cfg.data.selects_on_test() and self.env.is_main:  # S004's protocol, asked for
+            from imgtrain.logs.runinfo import add_warning
+            self.log("WARNING: " + add_warning(self.rdir, f"data.select_on_test: validation on the test split "
+                     f"'{cfg.data.val_split}' picks the model; its test results are not held out"))
         self.log(f"model {cfg.model.name}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params, "
                  f"{self.num_classes} outputs; {len(self.train_ds)} train samples, {self.env.world} rank(s) x "
                  f"batch {self.batch} x accum {self.accum}, {self.steps_per_epoch} steps/epoch, "

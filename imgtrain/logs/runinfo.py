@@ -190,6 +190,24 @@ def start_attempt(
     return number
 
 
+def add_warning(run_dir: str | os.PathLike, text: str) -> str:
+    """Record a warning about the run's validity (e.g. data.select_on_test) in run.json: in the top-level
+    "warnings" list (once per text) and in the latest attempt's. Returns `text`, for the log line. Without
+    run.json (a Trainer used outside engine.run, e.g. by a benchmark) nothing is written."""
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    if info is None:
+        return text
+    attempts = info.pop("attempts", [])
+    if text not in info.setdefault("warnings", []):
+        info["warnings"].append(text)
+    if attempts and text not in attempts[-1].setdefault("warnings", []):
+        attempts[-1]["warnings"].append(text)
+    info["attempts"] = attempts  # attempts stay last in the file
+    _write_run(run_dir, info)
+    return text
+
+
 def end_attempt(
     run_dir: str | os.PathLike, attempt: int, *, status: str, exit_code: Optional[int], reason: Optional[str] = None
 ) -> None:
