@@ -91,7 +91,8 @@ def test_requested_timm_names_exist():
 
 def test_list_models_has_ours_and_timm():
     assert list_models("simple*") == ["simple_cnn"]
-    assert list_models("*", include_timm=False) == ["airbench", "convmixer", "mlp", "simple_cnn"]
+    assert list_models("*", include_timm=False) == ["airbench", "convmixer", "keras_cnn_base", "keras_cnn_improved",
+                                                    "mlp", "simple_cnn"]
     names = list_models("convmixer*")
     assert names[0] == "convmixer" and "convmixer_768_32" in names
 
@@ -414,3 +415,214 @@ def test_plateau_schedule_resumes_with_its_patience_counters():
         sched.step(epoch + 1, metric)
         resumed.append(opt.param_groups[0]["lr"])
     assert resumed == straight[3:]
+
+
+# --------------------------------------------------------------------------- issue 17: study settings
+
+def keras_glorot_ok(weight, fan_in, fan_out):
+    """Glorot-uniform: |w| <= sqrt(6 / (fan_in + fan_out)), std close to bound / sqrt(3)."""
+    bound, weight = (6 / (fan_in + fan_out)) ** 0.5 * (1 + 1e-6), weight.detach()
+    return float(weight.abs().max()) <= bound and abs(float(weight.std()) - bound / 3 ** 0.5) < 0.1 * bound
+
+
+def test_keras_cnns_are_the_s004_networks():
+    """S004 annex 4.1: the Keras summaries' per-layer and total parameter counts, Keras init, dropouts."""
+    base = build("keras_cnn_base", num_classes=10)
+    assert sum(p.numel() for p in base.parameters()) == 1_846_410
+    assert [p.numel() for n, p in base.named_parameters() if n.endswith("weight")] == [1728, 1_843_200, 1280]
+    assert {n: p.numel() for n, p in base.named_parameters() if n.endswith("bias")} == {
+        "conv1.bias": 64, "fc1.bias": 128, "head.bias": 10}  # 1,792 / 1,843,328 / 1,290 with the weights
+    improved = build("keras_cnn_improved", num_classes=10)
+    assert sum(p.numel() for p in improved.parameters()) == 666_890
+    per_layer = {}
+    for n, p in improved.named_parameters():
+        per_layer[n.split(".")[0]] = per_layer.get(n.split(".")[0], 0) + p.numel()
+    assert per_layer == {"conv1": 1792, "conv2": 73_856, "fc1": 589_952, "head": 1290}
+    assert [m.p for m in improved.modules() if isinstance(m, torch.nn.Dropout)] == [0.25, 0.5]  # not stated
+    assert [m.p for m in build("keras_cnn_improved", drop_rate=0.3).modules()
+            if isinstance(m, torch.nn.Dropout)] == [0.3, 0.3]
+    assert not any(isinstance(m, torch.nn.Dropout) for m in base.modules())
+    for model in (base, improved):
+        assert outputs(model, torch.randn(2, 3, 32, 32)).shape == (2, 10)
+        for name, m in model.named_modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                rf = m.weight[0, 0].numel() if m.weight.ndim == 4 else 1
+                assert keras_glorot_ok(m.weight, m.weight.shape[1] * rf, m.weight.shape[0] * rf), name
+                assert not m.bias.any(), name
+    # Keras flattens channels last: fc1's input i is (h, w, c) = divmod chain over (6, 6, 128)
+    x = torch.zeros(1, 128, 6, 6)
+    x[0, 5, 1, 2] = 1.0
+    flat = improved.drop1(x).permute(0, 2, 3, 1).flatten(1)
+    assert flat[0].nonzero().item() == (1 * 6 + 2) * 128 + 5
+    with pytest.raises(ConfigError, match="drop_rate does not apply"):
+        build("keras_cnn_base", drop_rate=0.5)
+
+
+def test_dense_head_on_a_timm_backbone():
+    cfg = dict(head_hidden=[32, 16], head_activation="gelu", head_dropout=0.1, drop_rate=0.2)
+    m = build("resnet18", num_classes=3, **cfg)
+    head = m.get_classifier()
+    assert head is m.dense_head and m.num_classes == 3 and type(m).__name__ == "ResNet"
+    layers = [type(x).__name__ for x in head.modules() if not isinstance(x, (torch.nn.Sequential, type(head)))]
+    assert layers == ["Linear", "GELU", "Dropout", "Linear", "GELU", "Dropout", "Linear"]
+    assert [(x.in_features, x.out_features) for x in head.modules() if isinstance(x, torch.nn.Linear)] == [
+        (512, 32), (32, 16), (16, 3)]
+    assert [x.p for x in head.modules() if isinstance(x, torch.nn.Dropout)] == [0.1, 0.1]
+    for x in head.modules():  # Keras Dense init
+        if isinstance(x, torch.nn.Linear):
+            assert keras_glorot_ok(x.weight, x.in_features, x.out_features) and not x.bias.any()
+    assert not any(p.numel() for p in m.fc.parameters())  # timm's own classifier is gone
+    x = torch.randn(2, 3, 32, 32)
+    assert outputs(m, x).shape == (2, 3)
+    assert m.forward_head(m.forward_features(x), pre_logits=True).shape == (2, 16)  # features.py's pre_logits
+    # model.drop_rate still drops the pooled features before the head (timm's own dropout)
+    seen = []
+    m.dense_head.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    m.train()
+    m(x)
+    assert m.drop_rate == 0.2 and (seen[-1] == 0).float().mean() > 0.1
+    # freeze_backbone trains exactly the new head; deepcopy (EMA) keeps the class
+    apply_transfer(m, ModelConfig(freeze_backbone=True))
+    assert trainable(m) == {n for n, _ in m.named_parameters() if n.startswith("dense_head.")} and len(trainable(m)) == 6
+    assert sorted(n for g in param_groups(m, OptimConfig(), ModelConfig()) for n in g["param_names"]) == sorted(
+        trainable(m))
+    twin = copy.deepcopy(m)
+    assert type(twin) is type(m) and torch.equal(outputs(twin, x), outputs(m, x))
+    # a ViT keeps its pooling (class token) and fc_norm; 7 hidden layers as S001's "7 (0.1)"
+    vit = build("vit_tiny_patch16_224", size=32, patch_size=8, kwargs={"depth": 1},
+                head_hidden=[64, 64, 32, 32, 16, 16, 8], head_dropout=0.1)
+    assert len(vit.dense_head.hidden) == 7 and outputs(vit, torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_dense_head_loads_the_backbone_and_drops_the_old_classifier(tmp_path):
+    plain = build("resnet18", num_classes=7, seed=1)
+    save_file(plain.state_dict(), tmp_path / "r18.safetensors")
+    m = build("resnet18", num_classes=3, head_hidden=[16])
+    head_before = copy.deepcopy(m.dense_head.state_dict())
+    report = load_pretrained(m, tmp_path / "r18.safetensors", 3)
+    assert sorted(report["head_dropped"]) == ["fc.bias", "fc.weight"]
+    assert torch.equal(m.layer4[1].conv2.weight, plain.layer4[1].conv2.weight)
+    assert all(torch.equal(v, head_before[k]) for k, v in m.dense_head.state_dict().items())
+    torch.save(m.state_dict(), tmp_path / "headed.pth")  # a run's own weights: the dense head loads too
+    again = build("resnet18", num_classes=3, head_hidden=[16], seed=5)
+    assert load_pretrained(again, tmp_path / "headed.pth", 3)["head_dropped"] == []
+    assert torch.equal(again.dense_head.fc.weight, m.dense_head.fc.weight)
+
+
+def test_flatten_head_is_keras_flatten_of_the_last_map(tmp_path):
+    # VGG16 at 32 px (S004 4.3): conv base -> 1x1x512 -> Flatten -> Dropout -> Dense -> Dense
+    vgg_kw = dict(kwargs={"mlp_ratio": 1 / 64})
+    vgg = build("vgg16", num_classes=10, head_pool="flatten", head_hidden=[256], drop_rate=0.5, **vgg_kw)
+    assert vgg.imgtrain_unused == ["pre_logits"] and vgg.dense_head.in_features == 512
+    assert not any(n.startswith(("pre_logits.", "head.")) for n, _ in vgg.named_parameters())
+    assert outputs(vgg, torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    seen = []
+    vgg.dense_head.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    vgg.train()
+    vgg(torch.rand(4, 3, 32, 32))
+    assert seen[-1].shape == (4, 512) and 0.3 < float((seen[-1] == 0).float().mean()) < 0.7  # drop_rate 0.5
+    save_file(build("vgg16", num_classes=1000, **vgg_kw).state_dict(), tmp_path / "vgg16.safetensors")
+    report = load_pretrained(vgg, tmp_path / "vgg16.safetensors", 10)
+    assert sorted(report["head_dropped"]) == ["head.fc.bias", "head.fc.weight"]
+    assert {k.split(".")[0] for k in report["ignored"]} == {"pre_logits"}
+    apply_transfer(vgg, ModelConfig(freeze_backbone=True))
+    assert {n.split(".")[0] for n in trainable(vgg)} == {"dense_head"}
+    # ResNet-18 at 64 px: a 2x2x512 map flattened (not pooled) -> 2048 inputs
+    r = build("resnet18", size=64, head_pool="flatten")
+    assert r.dense_head.in_features == 2048 and r.imgtrain_unused == []
+    assert outputs(r, torch.randn(2, 3, 64, 64)).shape == (2, 3)
+    assert build("resnet18", head_pool="catavgmax").dense_head.in_features == 1024
+
+
+def test_dense_head_config_errors():
+    with pytest.raises(ConfigError, match="head_activation"):
+        ModelConfig(head_hidden=[8], head_activation="swish2")
+    with pytest.raises(ConfigError, match="head_hidden"):
+        ModelConfig(head_dropout=0.1)
+    with pytest.raises(ConfigError, match="head_pool"):
+        ModelConfig(head_pool="mean")
+    with pytest.raises(ConfigError, match="pools itself"):
+        build("mlp", depth=1, head_hidden=[8], head_pool="avg")
+    m = build("mlp", depth=1, head_hidden=[8])  # local nets take a dense head too
+    assert outputs(m, torch.randn(2, 3, 32, 32)).shape == (2, 3) and m.dense_head.in_features == 512
+
+
+def test_wd_groups_keras_l2_on_one_layer():
+    m = build("keras_cnn_improved", num_classes=10)
+    cfg = ModelConfig(wd_groups={"fc1.weight": 2e-3, "head.*": 1e-4})
+    groups = param_groups(m, OptimConfig(name="adam", weight_decay=0.0), cfg)
+    wd = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
+    assert wd == {"conv1.weight": 0.0, "conv1.bias": 0.0, "conv2.weight": 0.0, "conv2.bias": 0.0,
+                  "fc1.weight": 2e-3, "fc1.bias": 0.0, "head.weight": 1e-4, "head.bias": 1e-4}  # explicit: biases too
+    assert len({g["name"] for g in groups}) == len(groups)
+    with pytest.raises(ConfigError, match="wd_groups: 'fc9.*' matches no parameter"):
+        param_groups(m, OptimConfig(), ModelConfig(wd_groups={"fc9.*": 1e-3}))
+    # Keras L2(lam) = loss + lam * ||w||^2  ==  torch Adam/SGD weight_decay = 2 * lam (coupled L2)
+    lam, x, y = 1e-2, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    a, b = copy.deepcopy(m).eval(), copy.deepcopy(m).eval()
+    opt_a = torch.optim.Adam(param_groups(a, OptimConfig(weight_decay=0.0), ModelConfig(wd_groups={"fc1.weight": 2 * lam})))
+    opt_b = torch.optim.Adam(b.parameters())
+    for _ in range(3):
+        opt_a.zero_grad(), opt_b.zero_grad()
+        F.cross_entropy(a(x), y).backward()
+        (F.cross_entropy(b(x), y) + lam * b.fc1.weight.pow(2).sum()).backward()
+        opt_a.step(), opt_b.step()
+    assert torch.allclose(a.fc1.weight, b.fc1.weight, atol=1e-6) and torch.allclose(a.head.weight, b.head.weight, atol=1e-6)
+
+
+def test_reinit_init_choices():
+    m = build("keras_cnn_improved")
+    apply_transfer(m, ModelConfig(reinit=["conv2", "fc1"], reinit_init="uniform"))
+    for layer, fan_in in ((m.conv2, 64 * 9), (m.fc1, 4608)):  # Torch7: weight and bias ~ U(+-1/sqrt(fan_in))
+        bound = fan_in ** -0.5
+        for t in (layer.weight.detach(), layer.bias.detach()):
+            assert float(t.abs().max()) <= bound * (1 + 1e-6) and float(t.abs().max()) > 0.9 * bound
+        assert abs(float(layer.weight.detach().std()) - bound / 3 ** 0.5) < 0.05 * bound
+    apply_transfer(m, ModelConfig(reinit=["fc1"], reinit_init="glorot_uniform"))
+    assert keras_glorot_ok(m.fc1.weight, 4608, 128) and not m.fc1.bias.any()
+    with pytest.raises(ConfigError, match="reinit_init"):
+        ModelConfig(reinit_init="normal")
+
+
+# S002's "optimal model" (5.2.2) on timm's vgg19: conv1-conv10 = features.0 ... features.21, fc6/fc7 =
+# pre_logits.fc1/fc2, fc8 = head.fc, re-initialised (Torch7 uniform) at lr 1e-2 (x1); conv11-16 =
+# features.23 ... features.34 at 1e-4 (x0.01); the 1000-way output kept.
+S002_OPTIMAL = dict(reinit=["features.[0-9]", "features.1[0-9]", "features.2[01]", "pre_logits", "head"],
+                    reinit_init="uniform", lr_groups={"features.2[3-9].*": 0.01, "features.3?.*": 0.01})
+VGG19_CONVS = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]  # conv1 ... conv16
+
+
+def test_s002_optimal_model_patterns_on_full_vgg19_names():
+    import fnmatch
+
+    import timm
+    with torch.device("meta"):  # the real 143.7 M-parameter vgg19, names only
+        full = timm.create_model("vgg19", pretrained=False, num_classes=1000)
+    convs = [n for n, mod in full.named_modules() if isinstance(mod, torch.nn.Conv2d) and n.startswith("features.")]
+    assert convs == [f"features.{i}" for i in VGG19_CONVS]
+    hit = [n for n in convs if any(fnmatch.fnmatchcase(n, p) for p in S002_OPTIMAL["reinit"])]
+    assert hit == convs[:10]
+    assert {n for n, _ in full.named_modules() if n.startswith(("pre_logits.fc", "head.fc"))} == {
+        "pre_logits.fc1", "pre_logits.fc2", "head.fc"}
+    assert full.pre_logits.fc1.weight.shape == (4096, 512, 7, 7) and full.head.fc.out_features == 1000
+
+
+def test_s002_optimal_model_reinit_and_lr_groups_on_vgg19():
+    # the real vgg19 conv tower and module names; fc6/fc7 narrowed (mlp_ratio) to keep the test small
+    m = build("vgg19", num_classes=1000, size=32, kwargs={"mlp_ratio": 1 / 64})
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    apply_transfer(m, ModelConfig(**S002_OPTIMAL))
+    changed = {k.rsplit(".", 1)[0] for k, v in m.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {f"features.{i}" for i in VGG19_CONVS[:10]} | {"pre_logits.fc1", "pre_logits.fc2", "head.fc"}
+    for name in ("features.0", "features.21", "pre_logits.fc1", "head.fc"):  # Torch7 uniform bounds
+        layer = m.get_submodule(name)
+        bound = layer.weight[0].numel() ** -0.5 * (1 + 1e-6)  # float32 rounding
+        assert float(layer.weight.detach().abs().max()) <= bound and float(layer.bias.detach().abs().max()) <= bound, name
+    groups = param_groups(m, OptimConfig(lr=1e-2), ModelConfig(**S002_OPTIMAL))
+    scale = {n: g["lr_scale"] for g in groups for n in g["param_names"]}
+    assert len(scale) == 2 * (16 + 3)
+    for n, s in scale.items():
+        layer = n.rsplit(".", 1)[0]
+        slow = layer in {f"features.{i}" for i in VGG19_CONVS[10:]}
+        assert s == (0.01 if slow else 1.0), n
+    assert outputs(m, torch.randn(1, 3, 32, 32)).shape == (1, 1000)

@@ -74,7 +74,7 @@ def classifier_names(model: nn.Module) -> list[str]:
     return names
 
 
-def _compare(sd: dict, model_sd: dict, heads: list[str]) -> dict[str, list[str]]:
+def _compare(sd: dict, model_sd: dict, heads: list[str], ignored: tuple = _IGNORED_PREFIXES) -> dict[str, list[str]]:
     def is_head(k):
         return any(k.startswith(h + ".") for h in heads)
 
@@ -82,7 +82,7 @@ def _compare(sd: dict, model_sd: dict, heads: list[str]) -> dict[str, list[str]]
     return dict(
         head_dropped=[k for k in sd if is_head(k)] if head_bad else [],
         missing=[k for k in model_sd if k not in sd and not is_head(k) and not k.endswith("num_batches_tracked")],
-        unexpected=[k for k in sd if k not in model_sd and not is_head(k) and not k.startswith(_IGNORED_PREFIXES)],
+        unexpected=[k for k in sd if k not in model_sd and not is_head(k) and not k.startswith(ignored)],
         mismatched=[f"{k}: file {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}"
                     for k in sd if k in model_sd and not is_head(k) and sd[k].shape != model_sd[k].shape],
     )
@@ -116,8 +116,9 @@ def _summary(issues: dict[str, list[str]]) -> str:
 def load_pretrained(model: nn.Module, path: str | os.PathLike, num_classes: Optional[int] = None) -> dict:
     """Load a local weights file into `model` in place.
 
-    A classifier whose shape differs from the model's (another `num_classes`) is dropped and keeps its
-    fresh initialisation; any other missing, unexpected or mis-shaped tensor raises WeightsMismatchError
+    A classifier whose shape differs from the model's (another `num_classes`, or the backbone's own
+    classifier under a dense head: `model.head_hidden`) is dropped and keeps its fresh initialisation;
+    tensors of modules a `head_pool=flatten` head removed are ignored; any other missing, unexpected or mis-shaped tensor raises WeightsMismatchError
     naming the file and a few keys. BatchNorm `num_batches_tracked` counters may be absent.
     Returns {'loaded': [...], 'head_dropped': [...], 'ignored': [...]} key lists.
     """
@@ -127,19 +128,21 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, num_classes: Opti
     sd = read_state_dict(path)
     model_sd = model.state_dict()
     heads = classifier_names(model)
-    issues = _compare(sd, model_sd, heads)
+    # modules a dense head with head_pool=flatten removed (heads.py): the file may hold them (VGG's fc6/fc7)
+    skip = _IGNORED_PREFIXES + tuple(n + "." for n in getattr(model, "imgtrain_unused", None) or ())
+    issues = _compare(sd, model_sd, heads, skip)
     bad = any(issues[k] for k in ("missing", "unexpected", "mismatched"))
     if bad:
         alt = _filtered(sd, model)
         if alt is not None:
-            alt_issues = _compare(alt, model_sd, heads)
+            alt_issues = _compare(alt, model_sd, heads, skip)
             if not any(alt_issues[k] for k in ("missing", "unexpected", "mismatched")):
                 sd, issues, bad = alt, alt_issues, False
     if bad:
         arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
         raise WeightsMismatchError(f"{os.fspath(path)}: weights do not fit model '{arch}': {_summary(issues)}")
 
-    ignored = [k for k in sd if k.startswith(_IGNORED_PREFIXES) and k not in model_sd]
+    ignored = [k for k in sd if k.startswith(skip) and k not in model_sd]
     sd = {k: v for k, v in sd.items() if k not in issues["head_dropped"] and k not in ignored}
     model.load_state_dict(sd, strict=False)
     if issues["head_dropped"]:
@@ -148,7 +151,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, num_classes: Opti
     elif heads and not any(k.startswith(h + ".") for k in sd for h in heads):
         log.info("%s: no classifier weights in the file; the head keeps its initialisation", os.fspath(path))
     if ignored:
-        log.info("%s: ignored %d tensors of %s", os.fspath(path), len(ignored), "/".join(_IGNORED_PREFIXES))
+        log.info("%s: ignored %d tensors of %s", os.fspath(path), len(ignored), "/".join(skip))
     log.info("loaded %d tensors from %s", len(sd), os.fspath(path))
     return dict(loaded=sorted(sd), head_dropped=issues["head_dropped"], ignored=ignored)
 

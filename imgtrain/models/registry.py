@@ -15,6 +15,8 @@ import torch.nn as nn
 
 from imgtrain.config import ConfigError, ModelConfig
 
+from . import heads
+
 _local: dict[str, Callable[..., nn.Module]] = {}
 
 # ModelConfig fields that only our local nets take; timm models get constructor arguments via model.kwargs.
@@ -122,7 +124,8 @@ def create_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3, img_size
 
     `img_size` is the data's input size: local nets use it to size their layers; timm models get it only
     when their constructor takes it (ViT, MobileViT), or always when `model.img_size`/`model.patch_size`
-    is set (then a model that rejects it is an error).
+    is set (then a model that rejects it is an error). `model.head_hidden`/`head_pool` replace the
+    classifier by a dense head (heads.py), sized by one forward pass of a zero image at that size.
     """
     if ":" in cfg.name:
         raise ConfigError(f"model.name '{cfg.name}': hub names are not supported; nothing is downloaded, "
@@ -130,6 +133,8 @@ def create_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3, img_size
     for forbidden in ("pretrained", "pretrained_cfg_overlay", "checkpoint_path"):
         if forbidden in cfg.kwargs:
             raise ConfigError(f"model.kwargs.{forbidden} is not allowed; weights come only from model.pretrained_path")
-    if is_local(cfg.name):
-        return _create_local(cfg, num_classes, in_chans, img_size)
-    return _create_timm(cfg, num_classes, in_chans, img_size)
+    local = is_local(cfg.name)
+    model = (_create_local if local else _create_timm)(cfg, num_classes, in_chans, img_size)
+    if heads.wants_head(cfg):
+        heads.attach_dense_head(model, cfg, num_classes, in_chans, img_size, local=local)
+    return model

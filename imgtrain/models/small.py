@@ -1,4 +1,4 @@
-"""From-scratch nets for small images: mlp, simple_cnn, convmixer, airbench.
+"""From-scratch nets for small images: mlp, simple_cnn, convmixer, airbench, keras_cnn_base/improved.
 
 They follow timm's model interface (`get_classifier`, `reset_classifier`, `forward_features`,
 `forward_head`, `group_matcher`, `pretrained_cfg`), so transfer helpers and layer decay treat them
@@ -238,6 +238,59 @@ class AirbenchNet(_SmallNet):
         return 0.5 * _SmallNet.forward(self, x) + 0.5 * _SmallNet.forward(self, x.flip(-1))
 
 
+class KerasCNN(_SmallNet):
+    """S004's two CIFAR-10 CNNs (annex 4.1), layer for layer as the study's Keras summaries print them.
+
+    Each conv: Conv2D 3x3, stride 1, 'valid' padding, ReLU, then MaxPooling2D 2x2 (floor: 13 -> 6). Then
+    [Dropout(conv_drop)] -> Flatten -> Dense 128 ReLU (`fc1`) -> [Dropout(dense_drop)] -> Dense (`head`;
+    the study's softmax is in the loss). Flatten is Keras's channels-last order (H, W, C), so Keras weights
+    map one to one. Keras init: Glorot-uniform kernels, zero biases.
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, img_size: int = 32,
+                 widths: Sequence[int] = (64,), dense: int = 128, conv_drop: Optional[float] = None,
+                 dense_drop: Optional[float] = None):
+        super().__init__()
+        side = img_size
+        for i, (cin, cout) in enumerate(zip([in_chans, *widths[:-1]], widths), 1):
+            self.add_module(f"conv{i}", nn.Conv2d(cin, cout, 3, padding=0))
+            self.add_module(f"pool{i}", nn.MaxPool2d(2))
+            side = (side - 2) // 2
+        if side < 1:
+            raise ValueError(f"keras_cnn: img_size {img_size} is too small for {len(widths)} conv + pool layers")
+        self.n_convs, self.num_classes = len(widths), num_classes
+        self.act = nn.ReLU()
+        self.drop1 = nn.Dropout(conv_drop) if conv_drop is not None else nn.Identity()
+        self.fc1 = nn.Linear(widths[-1] * side * side, dense)
+        self.drop2 = nn.Dropout(dense_drop) if dense_drop is not None else nn.Identity()
+        self.num_features = dense
+        self.head = nn.Linear(dense, num_classes) if num_classes > 0 else nn.Identity()
+        _keras_init(self)
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        super().reset_classifier(num_classes, global_pool)
+        _keras_init(self.head)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        # fc1 is left unmatched: timm puts it in the last group, with the head
+        return dict(stem=r"^conv1\.", blocks=r"^conv(\d+)\.")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, self.n_convs + 1):
+            x = getattr(self, f"pool{i}")(self.act(getattr(self, f"conv{i}")(x)))
+        x = self.drop1(x).permute(0, 2, 3, 1).flatten(1)  # Keras Flatten: channels last
+        return self.drop2(self.act(self.fc1(x)))
+
+
+def _keras_init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+
 @register_model
 def mlp(num_classes: int = 10, in_chans: int = 3, img_size: int = 32, depth: Optional[int] = None,
         width: Optional[Sequence[int]] = None, activation: Optional[str] = None, drop_rate: float = 0.0) -> MLP:
@@ -298,3 +351,33 @@ def airbench(num_classes: int = 10, in_chans: int = 3, img_size: int = 32, width
     model = AirbenchNet(num_classes, in_chans, widths=tuple(width or (64, 256, 256)),
                         whiten_kernel=kernel_size or 2, tta=tta)
     return _set_cfg(model, "airbench", in_chans, img_size, num_classes)
+
+
+@register_model
+def keras_cnn_base(num_classes: int = 10, in_chans: int = 3, img_size: int = 32) -> KerasCNN:
+    """S004 "CNN base" (4.1.1): Conv2D 64 (3x3 valid, ReLU) -> MaxPool 2x2 -> Flatten -> Dense 128 ReLU ->
+    Dense 10: 1,846,410 parameters at 32x32x3, as the study's summary. Keras init."""
+    model = KerasCNN(num_classes, in_chans, img_size, widths=(64,))
+    return _set_cfg(model, "keras_cnn_base", in_chans, img_size, num_classes)
+
+
+# S004 does not state the improved CNN's dropout rates: 0.25 after the convs and 0.5 after the dense layer,
+# the Keras examples' (mnist_cnn, cifar10_cnn) values, are ours.
+KERAS_CNN_DROPS = (0.25, 0.5)
+
+
+@register_model
+def keras_cnn_improved(num_classes: int = 10, in_chans: int = 3, img_size: int = 32, drop_rate: float = 0.0,
+                       conv_drop: Optional[float] = None, dense_drop: Optional[float] = None) -> KerasCNN:
+    """S004 "CNN improved" (4.1.2): Conv2D 64 -> MaxPool -> Conv2D 128 -> MaxPool (3x3 valid convs, ReLU)
+    -> Dropout -> Flatten -> Dense 128 ReLU (`fc1`, the study's L2 layer: model.wd_groups {"fc1.weight": 2*l})
+    -> Dropout -> Dense 10: 666,890 parameters at 32x32x3, as the study's summary. Keras init.
+
+    The study states neither dropout rate: defaults 0.25 and 0.5 (KERAS_CNN_DROPS, our choice);
+    `model.drop_rate` > 0 sets both; model.kwargs conv_drop / dense_drop set each (0 allowed).
+    Nor does it state the L2 factor (check the recipe).
+    """
+    conv = conv_drop if conv_drop is not None else drop_rate or KERAS_CNN_DROPS[0]
+    dense = dense_drop if dense_drop is not None else drop_rate or KERAS_CNN_DROPS[1]
+    model = KerasCNN(num_classes, in_chans, img_size, widths=(64, 128), conv_drop=conv, dense_drop=dense)
+    return _set_cfg(model, "keras_cnn_improved", in_chans, img_size, num_classes)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 
+import torch
 import torch.nn as nn
 from timm.models import group_parameters
 
@@ -32,7 +34,7 @@ _BLOCK_CONTAINERS = ("blocks", "stages", "layers", "features")
 def apply_transfer(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     """Apply `model.reinit`, then `model.freeze_backbone`/`unfreeze_last`. Call after load_pretrained."""
     if cfg.reinit:
-        reinit(model, cfg.reinit)
+        reinit(model, cfg.reinit, cfg.reinit_init)
     if cfg.unfreeze_at_epoch is not None:
         if not cfg.freeze_backbone:
             raise ConfigError("model.unfreeze_at_epoch ends a frozen phase: it needs model.freeze_backbone=true")
@@ -46,9 +48,49 @@ def apply_transfer(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     return model
 
 
-def reinit(model: nn.Module, patterns: list[str]) -> list[str]:
-    """Reset the parameters of modules whose name matches a pattern (fnmatch) with their own
-    `reset_parameters` (PyTorch's default init). Returns the matched module names."""
+@torch.no_grad()
+def torch7_uniform_(module: nn.Module) -> None:
+    """Torch7's `reset()` of nn.Linear / nn.SpatialConvolution (Caffe models loaded in Torch7, as S002's
+    VGG-19): weight and bias ~ U(-s, s), s = 1/sqrt(fan_in), fan_in = in_features or in_channels/groups x
+    kernel area. PyTorch's own Conv/Linear reset_parameters draws from the same distribution (kaiming_uniform
+    with a=sqrt(5) has bound 1/sqrt(fan_in)); this one does not depend on PyTorch's choice."""
+    fan_in = module.weight[0].numel()
+    s = 1.0 / math.sqrt(fan_in)
+    module.weight.uniform_(-s, s)
+    if module.bias is not None:
+        module.bias.uniform_(-s, s)
+
+
+_WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def _reset(sub: nn.Module, init: str) -> bool:
+    """Re-initialise `sub`'s own parameters; False if it has no way to."""
+    if init != "default" and isinstance(sub, _WEIGHTED):
+        if init == "uniform":
+            torch7_uniform_(sub)
+        else:  # glorot_uniform: Keras's default
+            nn.init.xavier_uniform_(sub.weight)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        return True
+    if hasattr(sub, "reset_parameters"):
+        sub.reset_parameters()
+        return True
+    return False
+
+
+def reinit(model: nn.Module, patterns: list[str], init: str = "default") -> list[str]:
+    """Re-initialise the parameters of modules whose name matches a pattern (fnmatch).
+
+    `init` (model.reinit_init): "default" = each module's own `reset_parameters` (PyTorch's init);
+    "uniform" = Torch7's reset() for Linear/Conv layers (`torch7_uniform_`: S002's "muestras de la
+    distribución uniforme", whose bounds the study does not state); "glorot_uniform" = Keras's Glorot-uniform
+    kernels and zero biases for Linear/Conv. Other modules (norms) always use their reset_parameters.
+    Returns the matched module names (outermost only).
+    """
+    if init not in ModelConfig.REINIT_INITS:
+        raise ConfigError(f"model.reinit_init: {init!r} is not one of {', '.join(ModelConfig.REINIT_INITS)}")
     named = [(n, m) for n, m in model.named_modules() if n]
     matched = []
     for pat in patterns:
@@ -64,13 +106,12 @@ def reinit(model: nn.Module, patterns: list[str]) -> list[str]:
         module = model.get_submodule(name)
         covered = set()
         for sub in module.modules():
-            if hasattr(sub, "reset_parameters"):
-                sub.reset_parameters()
+            if _reset(sub, init):
                 covered.update(id(p) for p in sub.parameters())
         untouched += sum(1 for p in module.parameters() if id(p) not in covered)
     if untouched:
         log.warning("model.reinit: %d parameter tensors have no reset_parameters and keep their values", untouched)
-    log.info("re-initialised %s", ", ".join(outer))
+    log.info("re-initialised (%s) %s", init, ", ".join(outer))
     return outer
 
 
@@ -171,6 +212,13 @@ def param_groups(model: nn.Module, optim_cfg: OptimConfig, model_cfg: ModelConfi
 
     - weight decay: 0 for 1-D tensors (norms, biases) and the model's `no_weight_decay()` names (ViT
       position embedding, class token), unless `optim.decay_norm_and_bias` (then everything decays);
+    - `model.wd_groups` (fnmatch pattern -> weight decay, first match wins) sets the weight decay of the
+      parameters it matches, in place of both rules above: e.g. {"pre_logits.fc.weight": 2e-3} is Keras's
+      `kernel_regularizer=l2(1e-3)` on that Dense layer alone, with optim.weight_decay 0 for the rest.
+      Keras L2(l) adds l * ||w||^2 to the loss, whose gradient is 2 l w: with the optimizers that add
+      weight_decay * w to the gradient (torch SGD, Adam, RMSprop: classic, coupled L2) the equivalent is
+      weight_decay = 2 l. AdamW (and other decoupled-decay optimizers) shrink the weights outside the
+      adaptive step: no Keras L2 equivalent there;
     - lr_scale = layer-decay scale (`model.layer_decay`) x the first matching `model.lr_groups`
       multiplier (fnmatch on parameter names; unmatched: 1).
     Each group: params, param_names, weight_decay, lr_scale, name. The engine multiplies lr by lr_scale.
@@ -178,9 +226,14 @@ def param_groups(model: nn.Module, optim_cfg: OptimConfig, model_cfg: ModelConfi
     """
     all_names = [n for n, _ in model.named_parameters()]
     patterns = list(model_cfg.lr_groups.items())
-    for pat, _ in patterns:
-        if not any(fnmatch.fnmatchcase(n, pat) for n in all_names):
-            raise ConfigError(f"model.lr_groups: '{pat}' matches no parameter (e.g. {', '.join(all_names[:3])}, ...)")
+    wd_patterns = list(model_cfg.wd_groups.items())
+    for key, pats in (("lr_groups", patterns), ("wd_groups", wd_patterns)):
+        for pat, _ in pats:
+            if not any(fnmatch.fnmatchcase(n, pat) for n in all_names):
+                raise ConfigError(f"model.{key}: '{pat}' matches no parameter (e.g. {', '.join(all_names[:3])}, ...)")
+        for pat, value in pats:
+            if value < 0:
+                raise ConfigError(f"model.{key}: '{pat}' -> {value}, a negative value")
     scales = _layer_scales(model, model_cfg.layer_decay) if model_cfg.layer_decay is not None else {}
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
 
@@ -191,14 +244,17 @@ def param_groups(model: nn.Module, optim_cfg: OptimConfig, model_cfg: ModelConfi
         no_decay = not optim_cfg.decay_norm_and_bias and (
             p.ndim <= 1 or n in skip or any(n.startswith(s + ".") for s in skip))
         pat = next((pat for pat, _ in patterns if fnmatch.fnmatchcase(n, pat)), None)
+        wd_pat = next((pat for pat, _ in wd_patterns if fnmatch.fnmatchcase(n, pat)), None)
         layer_scale = scales.get(n, 1.0)
-        key = (layer_scale, pat, no_decay)
+        key = (layer_scale, pat, wd_pat, no_decay if wd_pat is None else None)
         if key not in groups:
             parts = ([f"ld{layer_scale:.6g}"] if scales else []) + ([pat] if pat else [])
+            decay = ([f"wd:{wd_pat}"] if wd_pat is not None else ["no_decay" if no_decay else "decay"])
             groups[key] = dict(
-                name="/".join(parts + ["no_decay" if no_decay else "decay"]),
+                name="/".join(parts + decay),
                 params=[], param_names=[],
-                weight_decay=0.0 if no_decay else optim_cfg.weight_decay,
+                weight_decay=(model_cfg.wd_groups[wd_pat] if wd_pat is not None
+                              else 0.0 if no_decay else optim_cfg.weight_decay),
                 lr_scale=layer_scale * (model_cfg.lr_groups[pat] if pat else 1.0),
             )
         groups[key]["params"].append(p)
