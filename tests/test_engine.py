@@ -79,6 +79,10 @@ def test_ddp_two_processes_equal_single_process(digits_shards, tmp_path):
         assert metric(one, "val", name)[1].tolist() == metric(two, "val", name)[1].tolist(), name
     assert metric(one, "val", "loss")[1] == pytest.approx(metric(two, "val", "loss")[1], rel=1e-5)
     assert metric(two, "val", "samples")[1][0] == 179  # every val sample exactly once across the ranks
+    # train/acc1 counts both ranks' samples: the 320 trained, as in one process (a near tie may flip one)
+    acc1, acc2 = metric(one, "train", "acc1")[1], metric(two, "train", "acc1")[1]
+    assert len(acc1) == len(acc2) == 1 and abs(acc1[0] - acc2[0]) <= 1 / 320 + 1e-12
+    assert round(acc2[0] * 320, 6) == round(acc2[0] * 320)
     run = json.loads((tmp_path / "runs/two/run.json").read_text())
     assert run["world_size"] == 2
 
