@@ -144,7 +144,8 @@ def test_exit_status_2_and_nothing_written(tmp_path, capsys):
     src = write_imagefolder(tmp_path / "src", n_per_class=2)
     cases = [
         (["pack", "imagefolder", str(tmp_path / "nope"), str(tmp_path / "o1")], "no such folder"),
-        (["pack", "mnist", str(src), str(tmp_path / "o2")], "unknown source kind 'mnist'"),
+        (["pack", "svhn", str(src), str(tmp_path / "o2")], "unknown source kind 'svhn'"),
+        (["pack", "mnist", str(src), str(tmp_path / "o7")], "no train-images-idx3-ubyte"),
         (["pack", "cifar10", str(src), str(tmp_path / "o3")], "cifar-10-batches-py"),
         (["pack", "digits", str(src), str(tmp_path / "o4")], "'-'"),
         (["pack", "imagefolder", str(src), str(tmp_path / "o5"), "--val-fraction", "1.5"], "--val-fraction"),
