@@ -8,6 +8,7 @@ examples:
   python jobs/analyze.py runs/ --sweep cifar10_mlp --heatmap optim.name model.activation
   python jobs/analyze.py runs/ --metric val/f1 --out /tmp/report
   python jobs/analyze.py runs/ --sweep big --no-plots   # tables and report only (fastest)
+  python jobs/analyze.py runs/ --study S004             # S004's numbers beside ours -> runs/analysis/studies/
 
 Ranking: each run by its monitored metric (summary.parquet's `monitor`, else the config's
 trainer.monitor), its best value recomputed from the Parquet metrics, so unfinished, failed and
@@ -16,7 +17,7 @@ pruned runs are listed with their best so far. Per-run learning curves are drawn
 1,000-cell sweep does not wait on 1,000 PNGs (--no-plots skips figures altogether). What was read
 is cached under OUT/.cache: analysing again reads only the runs that changed since (--no-cache
 reads everything).
-Exit status: 0 done, 2 bad arguments (missing ROOT, unknown sweep or key, no runs).
+Exit status: 0 done, 2 bad arguments (missing ROOT, unknown sweep, key or study, a bad study file, no runs).
 """
 import argparse
 import sys
@@ -50,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cm-normalize", action="store_true", help="row-normalise the confusion matrix")
     p.add_argument("--rows", type=int, default=20, metavar="N", help="leaderboard rows printed here (default 20)")
     p.add_argument("--no-cache", action="store_true", help="read every run again instead of using OUT/.cache")
+    p.add_argument("--study", metavar="ID",
+                   help="put the runs of a reference study (jobs/studies/ID.yaml, e.g. S004) beside its reported "
+                        "numbers: OUT/ID.csv + one PNG per experiment group (default OUT: ROOT/analysis/studies)")
     return p.parse_args(argv)
 
 
@@ -64,6 +68,8 @@ def main(argv=None) -> int:
     if not root.is_dir():
         return fail(f"no such run root: {root}")
     warnings.formatwarning = lambda msg, category, *a, **k: f"warning: {msg}\n"
+    if args.study:
+        return study_main(root, args)
     try:
         result = analysis.analyze(
             root, args.sweep, args.out, heatmap=tuple(args.heatmap) if args.heatmap else None, metric=args.metric,
@@ -84,6 +90,35 @@ def main(argv=None) -> int:
         print(f"note: {n}")
     print(f"wrote {result.files['report']} (+ leaderboard.csv, leaderboard.md, {len(result.images)} PNGs) "
           f"in {result.timings['total']:.2f} s")
+    return 0
+
+
+def study_main(root: Path, args: argparse.Namespace) -> int:
+    """--study ID: the study's numbers, ours beside them (imgtrain.studies)."""
+    from imgtrain import studies
+
+    try:
+        study = studies.load_study(args.study)
+    except studies.StudyError as e:
+        return fail(str(e))
+    cmp = studies.compare(study, root)
+    out = Path(args.out) if args.out else root / "analysis" / "studies"
+    files = studies.write_comparison(cmp, out, plots=not args.no_plots)
+    with_run = sorted({r["experiment"] for r in cmp.rows if r["run_id"]})
+    print(f"{study.id} ({study.title}): {len(study.experiments)} experiments, {len(cmp.rows)} numbers; "
+          f"{len(with_run)} experiments with a run under {root}")
+    if with_run:
+        print(studies.table_text(cmp), end="")
+    if cmp.no_run:
+        print(f"no run yet ({len(cmp.no_run)} experiments):")
+        for x in cmp.no_run:
+            print(f"  {x.id}: {x.recipe.kind} {x.recipe.target}" + (f" cell {studies._cell_text(x.match_cell())}"
+                                                                   if x.match_cell() else ""))
+    if cmp.no_recipe:
+        print("no recipe (reported for reference only): " + ", ".join(x.id for x in cmp.no_recipe))
+    for r in cmp.missing_recipes:
+        print(f"note: recipe {r.key}: {r.target} is not in the repository")
+    print(f"wrote {files['csv']} (+ {len(files['plots'])} PNGs)")
     return 0
 
 
