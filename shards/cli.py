@@ -120,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("source-specific options")
     g.add_argument("--coarse", action="store_true", default=None, help="cifar100: the 20 superclasses are the classes")
     g.add_argument("--upscale", type=int, metavar="N", help="digits: enlarge the 8x8 images to NxN (nearest neighbour)")
-    g.add_argument("--split-list", action="append", metavar="NAME=FILE",
+    g.add_argument("--split-list", "--split-lists", action="append", dest="split_list", metavar="NAME=FILE",
                    help="imagefolder: pack only the files FILE lists (one path a line, relative to SRC) into "
-                        "split NAME (train, val or test); repeat for each split")
+                        "split NAME (train, val or test); repeat for each split, or join them: train=A,val=B")
     g.add_argument("--official-val", choices=("val", "test", "none"),
                    help="tinyimagenet: the labelled val/ images become val (default), test, or are left out; "
                         "with test or none, val is carved from train by --val-fraction")

@@ -4,7 +4,8 @@ Classes are the class folder names, sorted (the union over the split folders). E
 class folder is a candidate (hidden files excepted); one that is not a readable image is skipped
 when scanned. Keys are the file's path relative to SRC without its extension.
 
-Fixed split lists (``--split-list NAME=FILE``, repeatable, NAME train, val or test; e.g. 15-Scene's
+Fixed split lists (``--split-list NAME=FILE``, repeatable or joined as ``--split-lists train=A,val=B``,
+NAME train, val or test; e.g. 15-Scene's
 fixed 2,985 train / 1,500 validation): each FILE holds one path a line, relative to SRC as the keys
 are (``bedroom/image_0001.jpg``; a leading ``./`` is ignored, blank lines and lines starting with ``#`` too).
 Only listed files are packed, each in the split of its list (split folders, if any, are overridden);
@@ -17,6 +18,7 @@ carved from the listed train as usual (--val-fraction / --test-fraction; 0 to ca
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from shards.manifest import SPLITS
@@ -56,8 +58,10 @@ def imagefolder(src: str, split_list: list[str] | None = None) -> Source:
 
 
 def parse_split_lists(values: list[str]) -> dict[str, Path]:
-    """["train=FILE", "val=FILE"] -> {"train": Path, "val": Path}; SourceError on a bad value."""
+    """["train=FILE", "val=FILE"] or ["train=FILE,val=FILE"] -> {"train": Path, "val": Path}; SourceError
+    on a bad value."""
     lists: dict[str, Path] = {}
+    values = [part for v in values for part in re.split(r",(?=\s*(?:train|val|test)=)", v)]  # train=A,val=B
     for value in values:
         name, sep, path = value.partition("=")
         name = name.strip()
