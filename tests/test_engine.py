@@ -163,7 +163,7 @@ def test_train_accuracy_is_logged_per_epoch(digits_shards, tmp_path):
     # counted over every trained sample: a whole number of the epoch's 78 x 16 samples
     assert all(abs(a * STEPS_PER_EPOCH * 16 - round(a * STEPS_PER_EPOCH * 16)) < 1e-6 for a in acc)
     out = proc.stdout + proc.stderr  # the epoch's val line, with the training figures after it
-    assert f"epoch 3/3 val: " in out and f"; train loss " in out and f" acc1 {acc[-1]:.4f}" in out
+    assert "epoch 3/3 val: " in out and "; train loss " in out and f" acc1 {acc[-1]:.4f}" in out
 
 
 def test_top1_correct_counts_hard_and_soft_targets():

@@ -78,7 +78,8 @@ def test_rmsprop_alpha_reaches_torch():
     assert type(keras) is torch.optim.RMSprop
     assert {(g["alpha"], g["momentum"], g["eps"]) for g in keras.param_groups} == {(0.9, 0.0, 1e-7)}
     # alpha None: torch's own 0.99, not the 0.9 timm's factory passes for its rmsprop names
-    assert build_optimizer(optim_cfg("optim.name=rmsprop"), groups(torch.nn.Linear(3, 2))).param_groups[0]["alpha"] == 0.99
+    torch_default = build_optimizer(optim_cfg("optim.name=rmsprop"), groups(torch.nn.Linear(3, 2)))
+    assert torch_default.param_groups[0]["alpha"] == 0.99
     tf = build_optimizer(optim_cfg("optim.name=rmsproptf"), groups(torch.nn.Linear(3, 2)))
     assert type(tf).__name__ == "RMSpropTF" and tf.param_groups[0]["alpha"] == 0.9
 
