@@ -535,8 +535,7 @@ def plot_group(cmp: Comparison, group: str, out: str | os.PathLike) -> Optional[
         labels = [r["experiment"] + ("" if r["at"] == "final" else f" @{r['at']}") for r in rows]
         ax.bar([x - 0.2 for x in xs], [r["study"] for r in rows], 0.4, label=f"study ({cmp.study.id})", color="#888888")
         ours = [(x, r["ours"]) for x, r in zip(xs, rows) if r["ours"] is not None]
-        if ours:
-            ax.bar([x + 0.2 for x, _ in ours], [v for _, v in ours], 0.4, label="ours", color="#1f77b4")
+        ax.bar([x + 0.2 for x, _ in ours], [v for _, v in ours], 0.4, label="ours", color="#1f77b4")
         for x, r in zip(xs, rows):
             if r["ours"] is None:
                 ax.text(x + 0.2, 0, "no run" if r["run_id"] is None else "n/a", rotation=90, ha="center",
@@ -574,7 +573,7 @@ def _short(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
+        return f"{v:.6g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.4e}"
     return str(v)
 
 
