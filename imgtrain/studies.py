@@ -24,14 +24,14 @@ A study file (YAML):
         where: "1.1.4 Resultados"             # optional default for its numbers
         notes: ...                             # optional
         numbers:
-          - metric: acc1                       # OUR metric name (acc1, acc5, loss, epoch_loss, mse, mae, time, epochs, ...)
+          - metric: acc1                       # OUR metric name (acc1, acc5, loss, epoch_loss, mse, mae, time, ...)
             study_metric: val_accuracy         # optional: the name the study prints
             split: val                         # the split as the study names it
             our_split: test                    # train | val | test | run (time, epochs) | null (not comparable)
             printed: "0,5414"                  # exactly as printed (decimal comma kept)
             value: 0.5414                      # the parsed number, in the printed unit
-            unit: "%"                          # optional: fraction (default) | % | /100 | count | s | min | h | d | not stated
-            at: final                          # optional: final (default) | best (the run's best epoch) | N (1-based epoch)
+            unit: "%"                          # optional: fraction (default) | % | /100 | count | s|min|h|d | not stated
+            at: final                          # optional: final (default) | best (the run's best epoch) | N (1-based)
             where: "Table 1"                   # optional (else the experiment's)
             notes: "text says 0.46"            # optional
 
@@ -304,7 +304,8 @@ class _Parser:
         split = self.string(n["split"], "split")
         our = self.value(n["our_split"])
         if our is not None and our not in OUR_SPLITS:
-            raise StudyError(f"{self.at(n['our_split'])}: our_split: one of {', '.join(OUR_SPLITS)} or null, got {our!r}")
+            raise StudyError(f"{self.at(n['our_split'])}: our_split: one of {', '.join(OUR_SPLITS)} or null, "
+                             f"got {our!r}")
         printed = self.value(n["printed"])
         if not isinstance(printed, str) or not n["printed"].style:  # quoted: "0,5414" stays a string
             raise StudyError(f"{self.at(n['printed'])}: printed: the value as printed, quoted (e.g. \"0,5414\"), "
@@ -314,7 +315,8 @@ class _Parser:
             raise StudyError(f"{self.at(n['value'])}: value: a number, got {value!r}")
         unit = self.value(n["unit"]) if "unit" in n else None
         if unit not in UNITS:
-            raise StudyError(f"{self.at(n['unit'])}: unit: one of {', '.join(str(u) for u in UNITS if u)}, got {unit!r}")
+            raise StudyError(f"{self.at(n['unit'])}: unit: one of {', '.join(str(u) for u in UNITS if u)}, "
+                             f"got {unit!r}")
         at = self.value(n["at"]) if "at" in n else "final"
         if not (at in ("final", "best") or (isinstance(at, int) and not isinstance(at, bool) and at >= 1)):
             raise StudyError(f"{self.at(n['at'])}: at: final, best or an epoch number (1-based), got {at!r}")
@@ -442,8 +444,10 @@ def our_value(number: Number, run, runs) -> tuple[Optional[float], str]:
             return None, "no best epoch yet"
         hits = [v for e, v in zip(epochs, values) if e == epoch]
         if not hits:
-            return None, f"no {split}/{number.metric} at epoch {epoch + 1} (logged: {min(epochs) + 1}-{max(epochs) + 1})"
-        return float(hits[-1]), f"{split}/{number.metric} epoch {epoch + 1}" + (" (best)" if number.at == "best" else "")
+            return None, (f"no {split}/{number.metric} at epoch {epoch + 1} "
+                          f"(logged: {min(epochs) + 1}-{max(epochs) + 1})")
+        best = " (best)" if number.at == "best" else ""
+        return float(hits[-1]), f"{split}/{number.metric} epoch {epoch + 1}{best}"
     return None, f"{' / '.join(tried)} not logged"
 
 

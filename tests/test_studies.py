@@ -31,7 +31,8 @@ def test_all_five_studies_load_and_every_printed_value_is_its_number():
         for x in s.experiments:
             for n in x.numbers:
                 plain = re.fullmatch(r"(\d+(?:[.,]\d+)?) ?%?", n.printed)
-                if plain and n.metric != "params":  # "0,5414" -> 0.5414, "77,4%" -> 77.4 (thousands commas, 16:41, 1385/1500 aside)
+                # "0,5414" -> 0.5414, "77,4%" -> 77.4 (thousands commas, 16:41, 1385/1500 aside)
+                if plain and n.metric != "params":
                     assert n.value == pytest.approx(float(plain.group(1).replace(",", "."))), (s.id, x.id, n.printed)
                 if n.unit == "%":
                     assert n.scaled() == pytest.approx(n.value / 100)
