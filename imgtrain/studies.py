@@ -30,7 +30,7 @@ A study file (YAML):
             our_split: test                    # train | val | test | run (time, epochs) | null (not comparable)
             printed: "0,5414"                  # exactly as printed (decimal comma kept)
             value: 0.5414                      # the parsed number, in the printed unit
-            unit: "%"                          # optional: fraction (default) | % | /100 | count | s|min|h|d | not stated
+            unit: "%"                          # optional: fraction (default), %, /100, count, s, min, h, d, not stated
             at: final                          # optional: final (default) | best (the run's best epoch) | N (1-based)
             where: "Table 1"                   # optional (else the experiment's)
             notes: "text says 0.46"            # optional
