@@ -477,17 +477,19 @@ def test_dense_head_on_a_timm_backbone():
     assert m.forward_head(m.forward_features(x), pre_logits=True).shape == (2, 16)  # features.py's pre_logits
     # model.drop_rate still drops the pooled features before the head (timm's own dropout)
     seen = []
-    m.dense_head.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    hook = m.dense_head.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
     m.train()
     m(x)
+    hook.remove()
     assert m.drop_rate == 0.2 and (seen[-1] == 0).float().mean() > 0.1
     # freeze_backbone trains exactly the new head; deepcopy (EMA) keeps the class
     apply_transfer(m, ModelConfig(freeze_backbone=True))
     assert trainable(m) == {n for n, _ in m.named_parameters() if n.startswith("dense_head.")} and len(trainable(m)) == 6
     assert sorted(n for g in param_groups(m, OptimConfig(), ModelConfig()) for n in g["param_names"]) == sorted(
         trainable(m))
-    twin = copy.deepcopy(m)
-    assert type(twin) is type(m) and torch.equal(outputs(twin, x), outputs(m, x))
+    import pickle
+    for twin in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):  # EMA deep-copies; pickling reaches the base class
+        assert type(twin) is type(m) and torch.equal(outputs(twin, x), outputs(m, x))
     # a ViT keeps its pooling (class token) and fc_norm; 7 hidden layers as S001's "7 (0.1)"
     vit = build("vit_tiny_patch16_224", size=32, patch_size=8, kwargs={"depth": 1},
                 head_hidden=[64, 64, 32, 32, 16, 16, 8], head_dropout=0.1)

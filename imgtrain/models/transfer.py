@@ -7,6 +7,10 @@ unmatched layers before the classifier (e.g. VGG's pre-logits MLP) as the last g
 Sequential or ModuleList (shallowest first). Layer decay numbers layers with the fine group_matcher,
 as timm does. Frozen BatchNorm layers use their stored statistics; dropout in frozen parts stays active.
 
+`model.reinit_init` chooses how `model.reinit` draws the new values (PyTorch's default, Torch7's uniform,
+Keras's Glorot); `model.wd_groups` gives chosen parameters their own weight decay (Keras's per-layer L2 is
+weight_decay = 2 x lambda with the coupled optimizers, see `param_groups`).
+
 Frozen then unfrozen (`model.unfreeze_at_epoch`, Keras's "train the head, then fine-tune"): the phase is a
 function of the epoch (`set_phase`), so a run resumed in either phase rebuilds it; every parameter is in
 the optimizer from the start (frozen ones get no gradient, which torch optimizers skip, weight decay
