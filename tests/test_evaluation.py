@@ -407,3 +407,132 @@ def test_svm_grid_on_digits_features(run, train_features, tmp_path, capsys):
     assert {s["cfg.svm.kernel"] for s in summaries} == {"linear", "rbf"}
     results = json.loads((tmp_path / "svm/runs" / best / "test_results.json").read_text())
     assert np.array(results["confusion_matrix"]).sum() == 359
+
+
+# ------------------------------------------------------------------------------------------ SVM as S002 reports it
+
+def write_features(out: Path, X: np.ndarray, y: np.ndarray, class_names, split: str) -> Path:
+    """A features directory as extract.py writes it (one parquet shard + manifest.json), from arrays."""
+    from imgtrain.features import FORMAT, _write_shard
+    out.mkdir(parents=True, exist_ok=True)
+    idx = np.arange(len(y))
+    files = _write_shard(out, 0, "parquet", X.astype(np.float32), y.astype(np.int64), [f"s{i}" for i in idx], idx)
+    manifest = {"format": FORMAT, "layer": "fc7", "pool": "auto", "dim": X.shape[1], "dtype": "float32",
+                "file_format": "parquet", "split": split, "count": len(y), "class_names": list(class_names),
+                "model": "digits-pixels", "checkpoint": "none",
+                "shards": [{"shard": 0, "files": files, "count": len(y), "first": 0, "last": len(y) - 1}]}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="module")
+def digit_pixels(tmp_path_factory):
+    """scikit-learn's digits as 64-d 'features' (pixel values 0..16, unscaled): 400 train, 200 test."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    root = tmp_path_factory.mktemp("pixfeat")
+    names = [str(i) for i in range(10)]
+    return (write_features(root / "train", d.data[:400], d.target[:400], names, "train"),
+            write_features(root / "test", d.data[400:600], d.target[400:600], names, "test"))
+
+
+def test_class_probabilities_and_score_metrics():
+    from imgtrain import features as F
+
+    class Fake:  # decision values of 3 of 6 classes (classes 1, 3, 4 seen in training)
+        classes_ = np.array([1, 3, 4])
+
+        def decision_function(self, X):
+            return np.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+
+        def predict_proba(self, X):
+            return np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+
+    p = F.class_probabilities(Fake(), np.zeros((2, 1)), 6, "decision")
+    e = np.exp([2.0, 0.0, -1.0])
+    assert p.shape == (2, 6) and np.allclose(p[0, [1, 3, 4]], e / e.sum()) and np.allclose(p[1, [1, 3, 4]], 1 / 3)
+    assert np.all(p[:, [0, 2, 5]] == 0)  # classes the SVM never saw
+    q = F.class_probabilities(Fake(), np.zeros((2, 1)), 6, "proba")
+    assert np.allclose(q[:, [1, 3, 4]], Fake().predict_proba(None))
+    m = F.score_metrics(np.array([3, 0]), q)
+    assert m["acc1"] == 0.0  # sample 0: top class 1; sample 1: top class 4
+    assert m["acc5"] == 1.0  # top-5 of 6 classes holds both true classes (class 0 ranks among the zeros)
+    assert m["loss"] == pytest.approx((-np.log(0.2) - np.log(1e-12)) / 2)
+
+    class Binary:
+        classes_ = np.array([0, 1])
+
+        def decision_function(self, X):
+            return np.array([1.5, -0.5])
+
+    b = F.class_probabilities(Binary(), np.zeros((2, 1)), 2)
+    assert np.allclose(b[:, 1], 1 / (1 + np.exp(-np.array([1.5, -0.5]))))  # sigmoid(d)
+
+
+def test_make_svm_options():
+    from imgtrain import features as F
+    cell = F.SvmCell("sigmoid", 10.0, 1e-4)
+    plain = F.make_svm(cell, "ovr", standardize=False)
+    assert [type(s).__name__ for _, s in plain.steps] == ["OneVsRestClassifier"]
+    assert plain.steps[-1][1].estimator.get_params()["kernel"] == "sigmoid"
+    assert plain.steps[-1][1].estimator.C == 10.0 and plain.steps[-1][1].estimator.gamma == 1e-4
+    assert [type(s).__name__ for _, s in F.make_svm(cell).steps] == ["StandardScaler", "OneVsRestClassifier"]
+    lin = F.make_svm(F.SvmCell("linear", 1.0), "ovr", scores="proba").steps[-1][1]
+    assert type(lin).__name__ == "OneVsRestClassifier" and lin.estimator.probability and lin.estimator.kernel == "linear"
+    assert type(F.make_svm(F.SvmCell("linear", 1.0)).steps[-1][1]).__name__ == "LinearSVC"
+    with pytest.raises(Exception, match="--scores"):
+        F.make_svm(cell, scores="votes")
+    svc = F._probability_svc(kernel="rbf", C=1.0)
+    assert svc.get_params().get("probability", True)  # SVC(probability=True), or its calibrated replacement
+
+
+@pytest.mark.filterwarnings("ignore:The `probability` parameter:FutureWarning")
+@pytest.mark.parametrize("scores", ["decision", "proba"])
+def test_svm_reports_top5_and_cross_entropy(digit_pixels, tmp_path, capsys, scores):
+    """S002's two SVMs (RBF C=1 gamma=1e-4, sigmoid C=10 gamma=1e-4, one-vs-rest) on unscaled features."""
+    from imgtrain import features as F
+    train, test = digit_pixels
+    out = tmp_path / "svm"
+    assert cli("svm")([str(train), "--val", str(test), "--kernel", "rbf", "sigmoid", "--C", "1", "10", "--gamma",
+                       "0.0001", "--no-standardize", "--scores", scores, "--cv", "3", "--out", str(out),
+                       "--name", "s2"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"unscaled features, {scores} scores" in stdout and "| cv acc5 | cv loss |" in stdout
+    assert "acc5" in stdout.split("held out (200 samples)")[1]
+    header = (out / "s2.csv").read_text().splitlines()[0].split(",")
+    assert header[:9] == ["run_id", "kernel", "C", "gamma", "cv_acc1", "cv_acc1_std", "cv_f1", "cv_acc5", "cv_loss"]
+    assert {"test_acc1", "test_acc5", "test_loss"} <= set(header)
+    metrics = read_metrics(out).to_pylist()
+    val = {(r["run_id"], r["metric"]): r["value"] for r in metrics if r["split"] == "val"}
+    for run_id in ("s2-rbf-C1-g0.0001", "s2-sigmoid-C10-g0.0001"):
+        assert val[(run_id, "acc5")] >= val[(run_id, "acc1")] and val[(run_id, "loss")] > 0
+    summaries = {s["run_id"]: s for s in read_summaries(out).to_pylist()}
+    best = next(r for r, s in summaries.items() if s.get("test/acc1") is not None)
+    s = summaries[best]
+    assert s["cfg.svm.standardize"] is False and s["cfg.svm.scores"] == scores and s["cfg.svm.multiclass"] == "ovr"
+    assert s["test/acc1"] > 0.8 and s["test/acc5"] >= s["test/acc1"] and 0 < s["test/loss"] < 2.3
+    # the logged numbers are what the refit model's probabilities give
+    res = json.loads((out / "runs" / best / "test_results.json").read_text())
+    assert res["scores"] == scores and len(res["per_class"]) == 10 and sum(c["samples"] for c in res["per_class"]) == 200
+    tr, te = F.load_features(train), F.load_features(test)
+    model = F.make_svm(F.SvmCell(s["cfg.svm.kernel"], s["cfg.svm.C"], 1e-4), "ovr", 0, standardize=False,
+                       scores=scores).fit(tr.X, tr.y)
+    probs = F.class_probabilities(model, te.X, 10, scores)
+    nll = -np.log(np.maximum(probs[np.arange(200), te.y], 1e-12)).mean()
+    assert res["metrics"]["loss"] == pytest.approx(nll, rel=1e-6)
+    assert res["metrics"]["acc5"] == pytest.approx(np.mean([t in np.argsort(-p)[:5] for p, t in zip(probs, te.y)]))
+    assert np.trace(np.array(res["confusion_matrix"])) / 200 == pytest.approx(res["metrics"]["acc1"])
+
+
+def test_svm_holdout_split_and_bad_fraction(digit_pixels, tmp_path, capsys):
+    train, _ = digit_pixels
+    out = tmp_path / "svm"
+    assert cli("svm")([str(train), "--kernel", "rbf", "--C", "1", "--gamma", "scale", "--holdout", "0.2",
+                       "--out", str(out), "--name", "h"]) == 0
+    assert "1 split holding out 0.2" in capsys.readouterr().out
+    metrics = read_metrics(out).to_pylist()
+    assert len([r for r in metrics if r["split"] == "cv"]) == 1  # one split: one "fold"
+    s = read_summaries(out).to_pylist()[0]
+    assert s["cfg.svm.holdout"] == 0.2 and s["cfg.svm.cv"] is None and s["cfg.svm.standardize"] is True
+    assert cli("svm")([str(train), "--holdout", "1.5", "--out", str(out)]) == 2
+    assert "--holdout 1.5" in one_line_error(capsys, "svm.py: error:")
