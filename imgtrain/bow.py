@@ -726,6 +726,8 @@ S001 (15-scene, course image_classifier: OpenCV SVM, histograms / k, FLANN words
   python jobs/bow.py --data shards/scene15 --vocab 300 --classifier linear --norm clusters --matcher bf
   python jobs/bow.py --data shards/scene15 --detector freak kaze --vocab 250 --classifier linear --norm clusters
   python jobs/bow.py --data shards/scene15 --vocab 250 --classifier rf --norm clusters --matcher flann
+S001 states no C, gamma, iteration count or tree count. Histograms / k are small (about keypoints / k^2
+per word), so at the default --C 1 the SVMs barely fit them: try larger C values (e.g. 100, 1000).
 
 One run per (detector, vocab, classifier) cell: ROOT/runs/<run>-<detector>-v<vocab>-<classifier>/ with
 config.yaml, run.json, metrics/*.parquet (epoch 0, step 0; splits train/val/test), summary.parquet
@@ -768,7 +770,7 @@ def build_parser():
     p.add_argument("--max-descriptors", type=int, default=100_000, metavar="N",
                    help="train descriptors sampled for k-means (default 100000; 0: all)")
     p.add_argument("--max-keypoints", type=int, default=0, metavar="N",
-                   help="strongest keypoints kept per image (default 0: SIFT/KAZE all, ORB 500)")
+                   help="strongest keypoints kept per image (default 0: SIFT/KAZE/FAST all, ORB 500)")
     p.add_argument("--min-side", type=int, default=0, metavar="PX",
                    help="enlarge images whose short side is smaller (default 0: never); small images "
                         "give few keypoints, and ORB (31 px border) almost none below ~100 px")

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Bag-of-visual-words baseline (SIFT/ORB/KAZE, k-means vocabulary, SVM / random forest), one run per
-(detector, vocab, classifier) cell. See `python jobs/bow.py --help`; the logic is in imgtrain/bow.py."""
+"""Bag-of-visual-words baseline (SIFT/ORB/KAZE/FAST+FREAK, k-means vocabulary, linear / RBF /
+histogram-intersection SVM, random forest), one run per (detector, vocab, classifier) cell.
+See `python jobs/bow.py --help`; the logic is in imgtrain/bow.py."""
 import sys
 from pathlib import Path
 
