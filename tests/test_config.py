@@ -83,7 +83,7 @@ def test_unknown_section(base):
     ("optim.lr=fast", r"optim.lr: expected float"),
     ("model.reinit=head", r"model.reinit: expected list of str"),
     ("data.mean=[0.5, x, 0.5]", r"data.mean\[1\]: expected float"),
-    ("optim.name=lamb", r"optim.name: 'lamb' is not one of sgd, adam, adamw, rmsprop"),
+    ("optim.name=adamm", r"optim.name: 'adamm' is not an optimizer timm knows; did you mean 'adam'"),
     ("dist.zero_stage=4", r"dist.zero_stage: 4 is not one of 0, 1, 2, 3"),
     ("data=3", r"data: expected a mapping"),
     ("optim.lr", r"expected key=value"),

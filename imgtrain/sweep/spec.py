@@ -575,9 +575,12 @@ def _expand(name, path, config_path, raw_cells, shared, halving, res_base, axis_
                 raw_cell, origin = first_cell[(k, token)]
                 desc = " ".join(override_text(a, b) for a, b in raw_cell.items())
                 w = f"{where}: {origin}"
-                others = [f"{p}={PLACEHOLDER}" for p in placeholders if p != k]
+                # the value within its own first cell: some keys are only valid together (optim.alpha
+                # with an optimizer that has one), so a value is checked alone only as a first step
+                own = [override_text(a, b) for a, b in raw_cell.items() if not a.startswith("resources.")]
+                others = [f"{p}={PLACEHOLDER}" for p in placeholders if p not in raw_cell]
                 try:
-                    cfg = load(others + [override_text(k, v)], w)
+                    cfg = load(others + own, w)
                 except C.ConfigError as e:
                     raise SpecError(f"cell {desc}: {e}") from None
                 typed[(k, token)] = _get(cfg, k)
