@@ -160,6 +160,9 @@ class TaskConfig:
     label_smoothing: float = 0.0
     class_weights: Optional[str] = None  # None | balanced
     emd_r: int = 2
+    # data set classes -> model outputs (imgtrain/tasks/class_map.py): "imagenet" keeps a 1000-way ImageNet head
+    # on folders named as ImageNet classes (S002), or a JSON file; None: class i is output i
+    class_map: Optional[str] = _added(None)
 
 
 @dataclass

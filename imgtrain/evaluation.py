@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import difflib
 import io
 import json
 import math
@@ -50,6 +49,7 @@ from imgtrain.engine.evaluate import predict
 from imgtrain.logs import atomic_write_bytes, atomic_write_text, resolve_root
 from imgtrain.models.pretrained import _filtered, classifier_names, read_state_dict
 from imgtrain.tasks.base import log_softmax, softmax
+from imgtrain.tasks.class_map import imagenet_index, imagenet_names, norm_name
 
 CHECKPOINT_TAGS = ("best", "last")
 CLASS_MAP_KINDS = ("names", "imagenet")
@@ -299,37 +299,11 @@ def load_model(src: Source, device: torch.device | str = "cpu", *, need_head: bo
 
 # ============================================================================ data classes -> outputs
 
-def _norm_name(s: str) -> str:
-    return " ".join(str(s).lower().replace("_", " ").replace("-", " ").split())
-
-
-def imagenet_names() -> tuple[list[str], list[str]]:
-    """(wnids, first English name) of the 1000 ImageNet-1k classes in their index order (from timm)."""
-    from timm.data import ImageNetInfo
-    inet = ImageNetInfo()
-    wnids = [inet.index_to_label_name(i) for i in range(inet.num_classes())]
-    return wnids, [inet.index_to_description(i).split(",")[0].strip() for i in range(inet.num_classes())]
-
-
 def _imagenet_map(classes: list[str]) -> tuple[list[int], list[str]]:
-    from timm.data import ImageNetInfo
-    inet = ImageNetInfo()
-    lookup: dict[str, int] = {}
-    for i in range(inet.num_classes()):
-        lookup.setdefault(_norm_name(inet.index_to_label_name(i)), i)
-        for name in inet.index_to_description(i).split(","):
-            lookup.setdefault(_norm_name(name), i)
-    out, missing = [], []
-    for c in classes:
-        i = lookup.get(_norm_name(c))
-        missing += [c] if i is None else []
-        out.append(-1 if i is None else i)
-    if missing:
-        close = {m: difflib.get_close_matches(_norm_name(m), list(lookup), n=1) for m in missing[:5]}
-        hint = "; ".join(f"'{m}'" + (f" (close: '{c[0]}')" if c else "") for m, c in close.items())
-        raise EvalError(f"--class-map imagenet: {len(missing)} of {len(classes)} classes are no ImageNet-1k wnid or "
-                        f"name: {hint}; write a JSON class map instead ({{\"class name\": output index}})")
-    return out, imagenet_names()[1]
+    try:
+        return imagenet_index(classes, "--class-map imagenet"), imagenet_names()[1]
+    except ValueError as e:
+        raise EvalError(str(e)) from None
 
 
 def resolve_class_map(loaded: LoadedModel, spec: Optional[str]) -> LoadedModel:
@@ -350,10 +324,10 @@ def resolve_class_map(loaded: LoadedModel, spec: Optional[str]) -> LoadedModel:
                 f"classes onto the model's outputs with --class-map names (the run's class names), --class-map "
                 f"imagenet (ImageNet-1k wnids or names) or --class-map FILE.json; or fine-tune a new head "
                 f"(jobs/train.py). A re-initialised head would only measure chance, so nothing is evaluated")
-        if loaded.output_names is not None and [_norm_name(c) for c in loaded.output_names] != \
-                [_norm_name(c) for c in classes]:
+        if loaded.output_names is not None and [norm_name(c) for c in loaded.output_names] != \
+                [norm_name(c) for c in classes]:
             diff = next(i for i, (a, b) in enumerate(zip(loaded.output_names, classes))
-                        if _norm_name(a) != _norm_name(b))
+                        if norm_name(a) != norm_name(b))
             loaded.notes.append(f"class names differ from the model's (class {diff}: '{classes[diff]}' vs "
                                 f"'{loaded.output_names[diff]}'); labels are matched by index (--class-map names "
                                 "matches them by name)")
@@ -363,8 +337,8 @@ def resolve_class_map(loaded: LoadedModel, spec: Optional[str]) -> LoadedModel:
         if names is None:
             raise EvalError("--class-map names: the model's class names are unknown (only a run directory whose "
                             "training data set is readable has them); use a JSON class map")
-        index = {_norm_name(c): i for i, c in enumerate(names)}
-        mapping = [index.get(_norm_name(c), -1) for c in classes]
+        index = {norm_name(c): i for i, c in enumerate(names)}
+        mapping = [index.get(norm_name(c), -1) for c in classes]
         missing = [c for c, m in zip(classes, mapping) if m < 0]
         if missing:
             raise EvalError(f"--class-map names: {len(missing)} classes are not among the model's: "
@@ -389,7 +363,7 @@ def resolve_class_map(loaded: LoadedModel, spec: Optional[str]) -> LoadedModel:
             missing = [c for c in classes if c not in obj]
             if missing:
                 raise EvalError(f"--class-map {spec}: no entry for {', '.join(missing[:8])}")
-            lookup = {_norm_name(c): i for i, c in enumerate(names or [])}
+            lookup = {norm_name(c): i for i, c in enumerate(names or [])}
             imagenet = names is None and n == 1000  # names of a 1000-way head: ImageNet-1k wnids or names
             mapping = []
             for c in classes:
@@ -397,9 +371,9 @@ def resolve_class_map(loaded: LoadedModel, spec: Optional[str]) -> LoadedModel:
                 if isinstance(v, str) and imagenet:
                     v = _imagenet_map([v])[0][0]
                 elif isinstance(v, str):
-                    if _norm_name(v) not in lookup:
+                    if norm_name(v) not in lookup:
                         raise EvalError(f"--class-map {spec}: '{c}' -> '{v}', which is no output name of the model")
-                    v = lookup[_norm_name(v)]
+                    v = lookup[norm_name(v)]
                 mapping.append(v)
             if imagenet:
                 loaded.output_names = imagenet_names()[1]

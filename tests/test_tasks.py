@@ -219,3 +219,27 @@ def test_monitor_and_modes():
 def test_bad_task_config(cfg, match):
     with pytest.raises(ConfigError, match=match):
         build(cfg, num_outputs=10, class_counts=[1] * 10)
+
+
+def test_class_map_onto_imagenet_keeps_1000_outputs(tmp_path):
+    """task.class_map=imagenet (S002): folders named as ImageNet classes train a 1000-way head; each class's
+    target is its ImageNet index, by wnid or English name; unknown names and misuse are config errors."""
+    task = build(TaskConfig(class_map="imagenet"), 3, None, ["airliner", "n01443537", "tabby cat"])
+    assert task.num_outputs == 1000 and task.target_map == [404, 1, 281]
+    assert [int(task.target_from_sample(c, {})) for c in range(3)] == [404, 1, 281]
+    assert task.output_names[404] == "airliner" and len(task.output_names) == 1000
+    with pytest.raises(ValueError, match="outside the class map's 3 classes"):
+        task.target_from_sample(3, {})
+    with pytest.raises(ConfigError, match="1 of 2 classes are no ImageNet-1k wnid or name: 'airlinr' .close: 'airliner'"):
+        build(TaskConfig(class_map="imagenet"), 2, None, ["airlinr", "tabby"])
+    with pytest.raises(ConfigError, match="needs 1000 outputs"):
+        build(TaskConfig(class_map="imagenet"), 2, None, ["airliner", "tabby"], model_outputs=10)
+    with pytest.raises(ConfigError, match="classification only"):
+        build(TaskConfig(name="score_distribution", loss="mse", class_map="imagenet"), 10)
+    json_map = tmp_path / "map.json"
+    json_map.write_text('{"cat": 2, "dog": 0}')
+    task = build(TaskConfig(class_map=str(json_map)), 2, None, ["cat", "dog"], model_outputs=5)
+    assert task.num_outputs == 5 and task.target_map == [2, 0] and task.output_names[2] == "cat"
+    json_map.write_text('{"cat": 2}')
+    with pytest.raises(ConfigError, match="no entry for class.es. dog"):
+        build(TaskConfig(class_map=str(json_map)), 2, None, ["cat", "dog"])

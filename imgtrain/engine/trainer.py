@@ -171,8 +171,8 @@ class Trainer:
 
         # data set, task, model
         self.info = info = dataset_info(cfg)
-        self.task = tasks.build(cfg.task, info.num_outputs, info.class_counts)
-        self.num_classes = cfg.model.num_classes or info.num_outputs
+        self.task = tasks.build(cfg.task, info.num_outputs, info.class_counts, info.class_names, cfg.model.num_classes)
+        self.num_classes = cfg.model.num_classes or self.task.num_outputs
         model = self.new_model()
         pretrained = cfg.model.pretrained_path is not None
         if pretrained:
@@ -621,8 +621,9 @@ class Trainer:
         metrics, outputs = self.evaluate(self.test_ds, model)
         if self.env.is_main:
             self.writer.log_many("test", metrics, epoch=max(self.state.epoch - 1, 0), step=self.state.step)
-            extra = self.task.extra_outputs(outputs["logits"], outputs["targets"], self.info.class_names)
-            results = {"split": self.cfg.data.test_split, "metrics": metrics, "class_names": self.info.class_names,
+            names = getattr(self.task, "output_names", None) or self.info.class_names  # task.class_map: the outputs'
+            extra = self.task.extra_outputs(outputs["logits"], outputs["targets"], names)
+            results = {"split": self.cfg.data.test_split, "metrics": metrics, "class_names": names,
                        "checkpoint": "best" if best_path.exists() else "last",
                        **{k: np.asarray(v).tolist() for k, v in extra.items()}}
             atomic_write_text(self.rdir / "test_results.json", json.dumps(results, indent=1))

@@ -35,11 +35,25 @@ class Task(Protocol):
                       class_names: Optional[list[str]] = None) -> dict: ...
 
 
-def build(task_cfg: TaskConfig, num_outputs: int, class_counts: Optional[list[int]] = None) -> Task:
-    """The task for `task_cfg`; `class_counts` (training split, index order) feeds balanced class weights."""
+def build(task_cfg: TaskConfig, num_outputs: int, class_counts: Optional[list[int]] = None,
+          class_names: Optional[list[str]] = None, model_outputs: Optional[int] = None) -> Task:
+    """The task for `task_cfg`; `class_counts` (training split, index order) feeds balanced class weights;
+    `class_names` (the data set's) and `model_outputs` (model.num_classes) feed task.class_map."""
     if task_cfg.name == "classification":
         if task_cfg.loss != "ce":
             raise ConfigError(f"task.loss: '{task_cfg.loss}' does not apply to classification; use ce")
+        if task_cfg.class_map is not None:
+            if task_cfg.class_weights is not None:
+                raise ConfigError("task.class_weights and task.class_map together are not supported")
+            if class_names is None:
+                raise ConfigError("task.class_map needs the data set's class names")
+            from .class_map import resolve
+            try:
+                cmap = resolve(task_cfg.class_map, list(class_names), model_outputs)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            return ClassificationTask(cmap.num_outputs, task_cfg.label_smoothing, None, cmap.outputs,
+                                      cmap.output_names)
         weights = None
         if task_cfg.class_weights == "balanced":
             if class_counts is None:
@@ -50,6 +64,8 @@ def build(task_cfg: TaskConfig, num_outputs: int, class_counts: Optional[list[in
         elif task_cfg.class_weights is not None:
             raise ConfigError(f"task.class_weights: unknown '{task_cfg.class_weights}' (None or balanced)")
         return ClassificationTask(num_outputs, task_cfg.label_smoothing, weights)
+    if task_cfg.class_map is not None:
+        raise ConfigError("task.class_map applies to classification only")
     if task_cfg.name == "score_distribution":
         if task_cfg.loss not in ("emd", "mse"):
             raise ConfigError(f"task.loss: '{task_cfg.loss}' does not apply to score_distribution; "

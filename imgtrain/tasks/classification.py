@@ -29,6 +29,8 @@ class ClassificationTask:
     num_outputs: int
     label_smoothing: float = 0.0
     class_weights: Optional[torch.Tensor] = None  # [C], applied to hard and soft targets alike
+    target_map: Optional[list[int]] = None  # data set class i -> output target_map[i] (task.class_map)
+    output_names: Optional[list[str]] = None  # names of the outputs when they are not the data set's classes
 
     name: ClassVar[str] = "classification"
     monitor_default: ClassVar[tuple[str, str]] = ("val/acc1", "max")
@@ -51,6 +53,10 @@ class ClassificationTask:
         if cls is None:
             raise ValueError(f"classification sample without a class (no cls member; json keys: {sorted(meta or {})})")
         cls = int(cls)
+        if self.target_map is not None:
+            if not 0 <= cls < len(self.target_map):
+                raise ValueError(f"class index {cls} outside the class map's {len(self.target_map)} classes")
+            cls = self.target_map[cls]
         if not 0 <= cls < self.num_outputs:
             raise ValueError(f"class index {cls} outside the model's {self.num_outputs} outputs")
         return torch.tensor(cls, dtype=torch.long)
