@@ -228,7 +228,8 @@ def load_model(src: Source, device: torch.device | str = "cpu", *, need_head: bo
     """
     cfg, notes = src.cfg, list(src.notes)
     info = _data_info(cfg)
-    task_cfg = dataclasses.replace(cfg.task, class_weights=None, label_smoothing=0.0)  # metrics need neither
+    # metrics need no class weights or smoothing; a task.class_map is applied by resolve_class_map instead
+    task_cfg = dataclasses.replace(cfg.task, class_weights=None, label_smoothing=0.0, class_map=None)
     try:
         task = tasks.build(task_cfg, info.num_outputs, info.class_counts)
     except C.ConfigError as e:
@@ -309,6 +310,8 @@ def _imagenet_map(classes: list[str]) -> tuple[list[int], list[str]]:
 def resolve_class_map(loaded: LoadedModel, spec: Optional[str]) -> LoadedModel:
     """Set `loaded.class_map` (data set class -> model output) from `spec`: None (identity; the counts
     must agree), 'names', 'imagenet' or a JSON file ([index per class] or {class name: index or name})."""
+    if spec is None:
+        spec = loaded.cfg.task.class_map  # a run trained with task.class_map (S002) is scored the same way
     classes = loaded.info.class_names
     k, n = len(classes), loaded.num_outputs
     if loaded.info.task != "classification":
