@@ -25,4 +25,4 @@ for split in train test; do
   "$py" jobs/extract.py "${src[@]}" --layer pre_logits --split "$split" --out "$feats/$split"
 done
 "$py" jobs/svm.py "$feats/train" --val "$feats/test" "${kernel[@]}" --multiclass ovr --no-standardize \
-  --scores proba --holdout 0.2 --out "$root" --run "s002_${which}_svm_$name" "$@"
+  --scores proba --holdout 0.2 --out "$root" --name "s002_${which}_svm_$name" "$@"
