@@ -51,6 +51,17 @@ STATED: dict[str, dict] = {
                                         "trainer.monitor": "val/loss", "model.head_dropout": 0.1,
                                         "data.test_split": None},
     "s001_scene_vit": {"data.test_split": None},
+    # S002: VGG-19 on clip art (1000-way ImageNet output kept)
+    "s002_vgg19_as_is": {"model.num_classes": 1000, "task.class_map": "imagenet", "data.img_size": 224},
+    "s002_vgg19_optimal": {"model.num_classes": 1000, "task.class_map": "imagenet", "data.img_size": 224,
+                           "data.batch_size": 8, "optim.name": "sgd", "optim.lr": 1e-2, "optim.momentum": 0.9,
+                           "model.reinit_init": "uniform", "sched.name": "plateau", "trainer.patience": 3},
+    "s002_retrain_a": {"data.batch_size": 8, "optim.momentum": 0.9, "optim.lr": 1e-3, "sched.decay_rate": 0.5,
+                       "model.num_classes": 1000, "model.reinit": []},
+    "s002_retrain_b": {"model.name": "vgg19_bn.tv_in1k", "data.batch_size": 8, "optim.lr": 1e-3},
+    "s002_retrain_c": {"data.batch_size": 8, "optim.lr": 1e-3},
+    "s002_retrain_d": {"model.reinit_init": "uniform", "optim.lr": 1e-2},
+    "s002_retrain_e": {"model.reinit": ["head"], "model.reinit_init": "uniform", "optim.lr": 1e-2},
     # S003: MobileViT transfer
     "s003_tinyimagenet": {"model.name": "mobilevit_s", "optim.name": "adam", "optim.lr": 1e-4,
                           "data.img_size": 224, "trainer.epochs": 10, "data.test_split": None,
@@ -150,3 +161,27 @@ def test_study_recipes_name_their_unstated_choices():
         text = path.read_text()
         assert "not stated" in text.lower(), f"{path.name}: no word on what the study leaves unstated"
         assert text.startswith(f"# S00{path.name[3]} "), f"{path.name}: the first line names the study"
+
+
+def test_s002_optimal_model_reinitialises_conv1_to_conv10_and_fc6_to_fc8_at_their_rates():
+    """5.2.2: conv1-conv10 and fc6-fc8 re-initialised and at lr 1e-2, conv11-conv16 at 1e-4 (names on timm's
+    vgg19, built on the meta device: no weights, no memory)."""
+    import fnmatch
+
+    import timm
+    import torch
+    cfg = C.load(CONFIGS / "s002_vgg19_optimal.yaml", REQUIRED_PATHS)
+    with torch.device("meta"):
+        vgg = timm.create_model("vgg19", num_classes=1000)
+    layers = [n for n, m in vgg.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+              or type(m).__name__ == "ConvMlp"]
+    convs = [n for n in layers if n.startswith("features.")]
+    reinit = [n for n in layers if any(fnmatch.fnmatchcase(n, p) or n.startswith(p + ".") for p in cfg.model.reinit)]
+    assert [n for n in reinit if n in convs] == convs[:10]
+    assert {"pre_logits.fc1", "pre_logits.fc2", "head.fc"} <= set(reinit)
+
+    def rate(name):
+        scale = next((v for p, v in cfg.model.lr_groups.items() if fnmatch.fnmatchcase(name + ".weight", p)), 1.0)
+        return cfg.optim.lr * scale
+    assert [rate(n) for n in convs] == pytest.approx([1e-2] * 10 + [1e-4] * 6)
+    assert rate("head.fc") == pytest.approx(1e-2) and rate("pre_logits.fc1") == pytest.approx(1e-2)
