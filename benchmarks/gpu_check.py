@@ -65,6 +65,7 @@ def machine() -> dict:
     info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "host": platform.node(),
             "python": platform.python_version(), "cpus": os.cpu_count()}
     for pkg in ("torch", "torchvision", "timm", "numpy", "pyarrow", "deepspeed", "torchcodec", "opencv-python-headless",
+                "opencv-contrib-python-headless",
                 "pillow", "scikit-learn", "submitit"):
         try:
             info[pkg] = version(pkg)
