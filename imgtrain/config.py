@@ -76,6 +76,11 @@ class DataConfig:
     # and the best checkpoint then select on test data, so the test result is no longer held out (what S004 did).
     # A config error unless this is true; when true the trainer warns at start and run.json records it.
     select_on_test: bool = _added(False)
+    # random rotation in [-rotate, rotate] degrees and shear in [-shear, shear] degrees of each training image,
+    # before it is cropped (torchvision's RandomAffine; the uncovered corners are black). Keras's
+    # RandomRotation(f) turns up to f x 360 degrees; ImageDataGenerator's shear_range is in degrees.
+    rotate: float = _added(0.0)
+    shear: float = _added(0.0)
 
     def selects_on_test(self) -> bool:
         """Validation (early stopping, monitor, best checkpoint) runs on the test split: data.val_split is
@@ -86,7 +91,7 @@ class DataConfig:
         """Training augmentation is only random-resized-crop + flip: the loader's fast path, which takes
         JPEGs as arrays (data/transforms.py) or leaves them to the device (data.decode_on=device)."""
         return not (self.simple_augment or self.auto_augment or self.color_jitter or self.vflip > 0
-                    or self.interpolation not in ("bilinear", "bicubic"))
+                    or self.rotate or self.shear or self.interpolation not in ("bilinear", "bicubic"))
 
 
 @dataclass

@@ -30,7 +30,7 @@ NO_AUGMENTATION = {"data.scale": [1.0, 1.0], "data.ratio": [1.0, 1.0], "data.hfl
 
 STATED: dict[str, dict] = {
     # S000: aesthetics with ViT and ConvMixer
-    "s000_cifar10_vit": {"optim.lr": 0.001, "data.batch_size": 256, "trainer.epochs": 20},
+    "s000_cifar10_vit": {"optim.lr": 0.001, "data.batch_size": 256, "trainer.epochs": 20, "data.rotate": 7.2},
     "s000_cifar10_convmixer": {"optim.lr": 0.001, "data.batch_size": 128, "trainer.epochs": 10},
     "s000_cifar100_vit_finetune": {"model.name": "vit_base_patch32_224", "optim.lr": 1e-5, "data.batch_size": 256,
                                    "trainer.epochs": 30, "trainer.patience": None, "model.freeze_backbone": False},
@@ -69,7 +69,7 @@ STATED: dict[str, dict] = {
     "s003_text_notext": {"model.name": "mobilevit_s", "optim.name": "adam", "optim.lr": 1e-3,
                          "data.img_size": 224, "data.batch_size": 32, "trainer.epochs": 10,
                          "data.mean": [0.5] * 3, "data.std": [0.5] * 3, "data.test_split": None},
-    "s003_text_notext_balanced": {"task.class_weights": "balanced", "trainer.epochs": 10},
+    "s003_text_notext_balanced": {"task.class_weights": "balanced", "trainer.epochs": 10, "data.rotate": 15.0},
     "s003_text_notext_imagenet_norm": {"data.mean": [0.485, 0.456, 0.406], "data.std": [0.229, 0.224, 0.225],
                                        "trainer.epochs": 10},
     # S004: CIFAR-10 grid study
@@ -78,10 +78,11 @@ STATED: dict[str, dict] = {
     "s004_cnn_base": {**S004_DATA, **NO_AUGMENTATION, **KERAS_ADAM, **CONSTANT_LR, "trainer.epochs": 25,
                       "model.name": "keras_cnn_base"},
     "s004_cnn_improved": {**S004_DATA, "optim.name": "adam", "optim.lr": 1e-4, "trainer.epochs": 50,
-                          "model.name": "keras_cnn_improved", "data.hflip": 0.5},
+                          "model.name": "keras_cnn_improved", "data.hflip": 0.5, "data.simple_augment": True},
     "s004_resnet50_base": {"data.val_split": "test", "data.select_on_test": True, **KERAS_ADAM,
                            "model.name": "resnet50", "trainer.epochs": 10},
-    "s004_resnet50_improved": {"data.val_split": "test", "optim.name": "adam", "trainer.epochs": 50},
+    "s004_resnet50_improved": {"data.val_split": "test", "optim.name": "adam", "trainer.epochs": 50,
+                               "model.drop_rate": 0.5},
     "s004_vgg16_base": {"data.val_split": "test", **KERAS_ADAM, "model.name": "vgg16",
                         "model.freeze_backbone": True, "model.head_pool": "flatten", "trainer.epochs": 20},
     "s004_vgg16_improved": {"data.val_split": "test", "optim.name": "adam", "optim.lr": 1e-5,
@@ -185,3 +186,32 @@ def test_s002_optimal_model_reinitialises_conv1_to_conv10_and_fc6_to_fc8_at_thei
         return cfg.optim.lr * scale
     assert [rate(n) for n in convs] == pytest.approx([1e-2] * 10 + [1e-4] * 6)
     assert rate("head.fc") == pytest.approx(1e-2) and rate("pre_logits.fc1") == pytest.approx(1e-2)
+
+
+def test_rotation_and_shear_augment_training_images_reproducibly():
+    """data.rotate / data.shear (S000's RandomRotation, S003's rotations, S004's rotations and shear): a
+    random affine of the whole image before the crop, the same for the same seed, none at evaluation."""
+    import random
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from imgtrain.data.transforms import build_transform
+    cfg = C.load(None, ["data.path=x", "data.img_size=32", "data.rotate=30", "data.shear=10", "data.scale=[1,1]",
+                        "data.ratio=[1,1]", "data.hflip=0"])
+    assert not cfg.data.plain_crop()  # not the fast crop-only path
+    train, evaluate = build_transform(cfg.data, True, (0, 0, 0), (1, 1, 1)), build_transform(cfg.data, False, (0,) * 3,
+                                                                                           (1,) * 3)
+    img = Image.fromarray(np.full((32, 32, 3), 200, np.uint8))
+    outs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        outs.append(train(img))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    assert (outs[0] == 0).any()  # a turned image leaves black corners
+    assert (evaluate(img) == 200).all()
+    bad = C.load(None, ["data.path=x", "data.rotate=-5"])
+    with pytest.raises(ValueError, match="data.rotate"):
+        build_transform(bad.data, True, (0,) * 3, (1,) * 3)

@@ -88,6 +88,17 @@ class FastResizedCropFlip:
 
 def build_transform(cfg: DataConfig, train: bool, mean, std):
     """PIL image -> uint8 CHW tensor (augmented when `train`); see Normalizer for the rest."""
+    transform = _build_transform(cfg, train, mean, std)
+    if train and (cfg.rotate or cfg.shear):  # on the whole image, before it is cropped
+        if cfg.rotate < 0 or cfg.shear < 0:
+            raise ValueError(f"data.rotate ({cfg.rotate}) and data.shear ({cfg.shear}) are ranges in degrees, >= 0")
+        affine = T.RandomAffine(degrees=cfg.rotate, shear=cfg.shear or None,
+                                interpolation=T.InterpolationMode.BILINEAR)
+        transform = T.Compose([affine, *transform.transforms])
+    return transform
+
+
+def _build_transform(cfg: DataConfig, train: bool, mean, std):
     if cfg.simple_augment:
         # the CIFAR recipe: pad-and-crop plus flip, which suits images already at the model's size
         steps = [T.Resize(cfg.img_size), T.CenterCrop(cfg.img_size)]
