@@ -37,3 +37,21 @@ def train_cmd(config, *overrides, nproc=1):
         return [PY, ROOT / "jobs/train.py", "--config", config, *overrides]
     return [PY, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             ROOT / "jobs/train.py", "--config", config, *overrides]
+
+
+def pack_in_process(kind: str, src, out: Path, *options: str) -> Path:
+    """`python -m shards pack KIND SRC OUT [options]` in this process (no interpreter start per data set)."""
+    from shards.cli import main
+    assert main(["pack", kind, str(src), str(out), *map(str, options)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules that train tiny models in this process: on 2 shared cores, 2 torch threads ran tens of times
+    slower than 1 (OpenMP oversubscription; the subprocess tests set OMP_NUM_THREADS=1 for the same reason)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,7 +22,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import PY, ROOT, run_cmd
+from conftest import PY, ROOT, pack_in_process, run_cmd
 from sourcedata import image_bytes, photos, write_cifar10
 from imgtrain import config as C
 from imgtrain.engine import trainer
@@ -34,19 +34,8 @@ FAST = ["data.num_workers=0", "trainer.precision=fp32", "trainer.log_every_steps
 CLIP_CLASSES = ("airliner", "goldfish", "tabby")  # ImageNet-1k classes 404, 1, 281 (--class-map imagenet)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 2 torch threads on 2 shared cores ran tens of times slower than 1 (the subprocess tests set OMP_NUM_THREADS=1)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def pack(kind: str, src, out: Path, *args: str) -> Path:
-    from shards.cli import main
-    assert main(["pack", kind, str(src), str(out), *args]) == 0
-    return out
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pack = pack_in_process
 
 
 def write_folder(root: Path, classes, n: int, grey: bool, seed: int) -> Path:

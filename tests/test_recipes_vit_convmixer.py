@@ -19,15 +19,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import shards.cli
-from conftest import ROOT
+from conftest import ROOT, pack_in_process
 from imgtrain import config as C
 from imgtrain import models
 from imgtrain.engine import trainer as T
 from imgtrain.logs import read_metrics, read_summaries
 from sourcedata import write_ava, write_cifar10, write_cifar100, write_imagefolder, write_tinyimagenet
 
-pytestmark = pytest.mark.slow  # every test trains a model or builds a full-size one
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # every test trains a model or builds a full-size one
 
 CONFIGS = ROOT / "jobs" / "configs"
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -43,19 +42,7 @@ TINY = {
 
 
 def pack(kind, src, out, *options) -> Path:
-    """`python -m shards pack KIND SRC OUT [options]`, in this process."""
-    assert shards.cli.main(["pack", kind, str(src), str(out), "--shard-size", "32", *options]) == 0
-    return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP's oversubscription stalls
-    (what OMP_NUM_THREADS=1 does for the suite's subprocesses)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return pack_in_process(kind, src, out, "--shard-size", "32", *options)
 
 
 # ------------------------------------------------------------------- one pack per source format

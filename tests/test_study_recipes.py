@@ -7,8 +7,6 @@ and is not checked here; the recipe's comments say so. Fast: configs are only lo
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from conftest import ROOT

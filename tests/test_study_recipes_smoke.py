@@ -9,14 +9,14 @@ class maps, selection on test); tests/test_study_recipes.py checks those setting
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-import shards.cli
-from conftest import ROOT
+from conftest import ROOT, pack_in_process
 from imgtrain import config as C
 from imgtrain.engine import trainer as T
 from imgtrain.logs import read_metrics
@@ -24,7 +24,7 @@ from imgtrain.sweep.spec import load_spec
 from sourcedata import (image_bytes, photos, write_ava, write_cifar10, write_cifar100, write_imagefolder,
                         write_tinyimagenet)
 
-pytestmark = pytest.mark.slow  # every test trains a model
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # every test trains a model
 
 CONFIGS, GRIDS = ROOT / "jobs/configs", ROOT / "jobs/grids"
 FAST = ["trainer.epochs=1", "data.batch_size=8", "data.num_workers=0", "trainer.precision=fp32",
@@ -72,18 +72,8 @@ RECIPES = {
 EVALUATION_ONLY = {"s002_vgg19_as_is"}  # run by jobs/evaluate.py (tests/test_recipes_scene_clipart_cifar.py)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def pack(kind, src, out, *options) -> Path:
-    """`python -m shards pack KIND SRC OUT [options]`, in this process."""
-    assert shards.cli.main(["pack", kind, str(src), str(out), "--shard-size", "32", *options]) == 0
-    return out
+    return pack_in_process(kind, src, out, "--shard-size", "32", *options)
 
 
 def grey_folder(root: Path, classes, n: int) -> list[str]:
@@ -103,7 +93,6 @@ def grey_folder(root: Path, classes, n: int) -> list[str]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     base = tmp_path_factory.mktemp("study_data")
-    made = {}
 
     def make(name):
         src = base / "src" / name
@@ -133,11 +122,7 @@ def data(tmp_path_factory):
             return pack("imagefolder", src, base / name, "--val-fraction", "0.2", "--test-fraction", "0")
         raise KeyError(name)
 
-    def get(name):
-        if name not in made:
-            made[name] = make(name)
-        return made[name]
-    return get
+    return functools.cache(make)  # each data set packed on first use
 
 
 def weights(tmp: Path, name: str, fields: dict) -> Path:
