@@ -116,7 +116,26 @@ def _build_transform(cfg: DataConfig, train: bool, mean, std):
                       color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment)
     elif kwargs["interpolation"] == "random":
         kwargs["interpolation"] = "bicubic"
+    if not train and cfg.crop_pct is None:
+        # timm's default crop_pct (0.875) enlarges an image already at the model's size by 14 % and cuts its
+        # border off, while training saw it whole (97.72 % vs 98.17 % test accuracy on 28 px digits):
+        # images at or below the input size are evaluated whole; larger ones resize + centre-crop as timm does
+        return WholeWhenSmall(cfg.img_size, create_transform(**{**kwargs, "crop_pct": 1.0}), create_transform(**kwargs))
     return create_transform(**kwargs)
+
+
+class WholeWhenSmall:
+    """Evaluation transform: `whole` (resize to the input size, crop_pct 1) for an image whose shorter side is
+    at most `size`, `cropped` (timm's resize + centre crop) for a larger one."""
+
+    def __init__(self, size: int, whole, cropped):
+        self.size, self.whole, self.cropped = size, whole, cropped
+
+    def __call__(self, img):
+        return self.whole(img) if min(img.size) <= self.size else self.cropped(img)
+
+    def __repr__(self) -> str:
+        return f"WholeWhenSmall(size={self.size}, whole={self.whole!r}, cropped={self.cropped!r})"
 
 
 def decode_size(cfg: DataConfig, train: bool) -> int:
