@@ -32,8 +32,11 @@ def predict(model, dataset, *, batch: int, num_workers: int, env: DistEnv, autoc
     normalize = Normalizer(dataset.mean, dataset.std, env.device)
     was_training = model.training
     model.eval()
-    loader = make_loader(dataset, EvalBatches(len(dataset), env.rank, env.world, batch), num_workers,
-                         pin_memory=env.device.type == "cuda")
+    if hasattr(dataset, "eval_batches"):  # data.cache=memory: batches gathered from the split's cached array
+        loader = dataset.eval_batches(env.rank, env.world, batch)
+    else:
+        loader = make_loader(dataset, EvalBatches(len(dataset), env.rank, env.world, batch), num_workers,
+                             pin_memory=env.device.type == "cuda")
     logits, targets, indices, bad = [], [], [], []
     state = torch.get_rng_state()  # creating a loader draws a seed: keep the training RNG untouched
     it = iter(loader)
