@@ -310,7 +310,7 @@ def _imagenet_map(classes: list[str]) -> tuple[list[int], list[str]]:
 def resolve_class_map(loaded: LoadedModel, spec: Optional[str]) -> LoadedModel:
     """Set `loaded.class_map` (data set class -> model output) from `spec`: None (identity; the counts
     must agree), 'names', 'imagenet' or a JSON file ([index per class] or {class name: index or name})."""
-    if spec is None:
+    if spec is None and getattr(loaded, "cfg", None) is not None:
         spec = loaded.cfg.task.class_map  # a run trained with task.class_map (S002) is scored the same way
     classes = loaded.info.class_names
     k, n = len(classes), loaded.num_outputs
