@@ -172,6 +172,15 @@ def test_study_recipe_trains(recipe, data, tmp_path_factory, tmp_path):
         assert len(results["class_names"]) == 1000 and results["class_names"][404] == "airliner"
         ck = torch.load(rdir / "checkpoints/last.pt", map_location="cpu", weights_only=True)
         assert ck["model"]["head.fc.weight"].shape[0] == 1000
+        # evaluated afterwards (jobs/evaluate.py RUN_DIR, as the recipe's header says): scored 1000-way through
+        # the run's own class map, on another set named as ImageNet classes
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("evaluate_cli", ROOT / "jobs/evaluate.py")
+        cli = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cli)
+        assert cli.main([str(rdir), "data.num_workers=0", "--out", str(tmp_path / "eval")]) == 0
+        got = json.loads((tmp_path / "eval/metrics.json").read_text())
+        assert got["class_map"] == [404, 1, 281] and got["model_outputs"] == 1000
     if cfg.model.head_hidden:  # S001 / S000 dense heads
         ck = torch.load(rdir / "checkpoints/last.pt", map_location="cpu", weights_only=True)
         hidden = [k for k in ck["model"] if k.startswith("dense_head.") and k.endswith(".weight")]
