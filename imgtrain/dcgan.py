@@ -260,13 +260,18 @@ D_NORMS = ("batch", "none")
 class Discriminator(nn.Module):
     """Outputs one logit per image. `norm="batch"` adds the paper's BatchNorm layers (see the module notes)."""
 
-    def __init__(self, ndf: int = 64, img_size: int = 28, nc: int = 1, norm: str = "none"):
+    def __init__(self, ndf: int = 64, img_size: int = 28, nc: int = 1, norm: str = "none", extra_conv: int = 0):
         super().__init__()
         if norm not in D_NORMS:
             raise DataError(f"--d-norm {norm}: choose from {', '.join(D_NORMS)}")
+        if extra_conv < 0:
+            raise DataError(f"--d-extra-conv {extra_conv}: a number of filters, 0 for none")
         s0, k = spatial_plan(img_size)
         layers = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         ch = ndf
+        if extra_conv:  # S001's PyTorch port: one more 3x3 convolution (32 filters there), same resolution
+            layers += [nn.Conv2d(ch, extra_conv, 3, 1, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+            ch = extra_conv
         for _ in range(k - 1):
             layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False),
                        *([nn.BatchNorm2d(ch * 2)] if norm == "batch" else []), nn.LeakyReLU(0.2, inplace=True)]
@@ -311,6 +316,7 @@ class GanParams:
     ngf: int = 64
     ndf: int = 64
     d_norm: str = "none"
+    d_extra_conv: int = 0
     lr: float = 2e-4
     beta1: float = 0.5
     img_size: int = 28
@@ -329,7 +335,9 @@ def config_of(p: GanParams, data_name: str, n_images: int) -> dict:
         "data": {"source": source, "path": str(Path(p.mnist_dir or p.data).resolve()), "name": data_name,
                  "split": p.split, "max_images": p.max_images, "images": n_images, "img_size": p.img_size,
                  "batch_size": p.batch_size},
-        "model": {"name": "dcgan", "nz": p.nz, "ngf": p.ngf, "ndf": p.ndf, "d_norm": p.d_norm, "nc": 1},
+        "model": {"name": "dcgan", "nz": p.nz, "ngf": p.ngf, "ndf": p.ndf, "d_norm": p.d_norm, "nc": 1,
+                  # only when set: earlier runs keep their config hash (and run id)
+                  **({"d_extra_conv": p.d_extra_conv} if p.d_extra_conv else {})},
         "optim": {"name": "adam", "lr": p.lr, "betas": [p.beta1, 0.999]},
         "trainer": {"epochs": p.epochs, "seed": p.seed, "n_samples": p.n_samples,
                     "monitor": "train/epoch_g_loss"},
@@ -404,7 +412,7 @@ def train(p: GanParams) -> int:
 
     torch.manual_seed(p.seed)
     G = Generator(p.nz, p.ngf, p.img_size).to(device)
-    D = Discriminator(p.ndf, p.img_size, norm=p.d_norm).to(device)
+    D = Discriminator(p.ndf, p.img_size, norm=p.d_norm, extra_conv=p.d_extra_conv).to(device)
     G.apply(init_weights)
     D.apply(init_weights)
     opt_g = torch.optim.Adam(G.parameters(), lr=p.lr, betas=(p.beta1, 0.999))
@@ -574,6 +582,9 @@ def build_parser():
     p.add_argument("--d-norm", choices=D_NORMS, default="none",
                    help="discriminator normalisation: none (default) or batch (BatchNorm after each strided conv but "
                         "the first, as in the paper; it collapsed the generator on digits, see imgtrain/dcgan.py)")
+    p.add_argument("--d-extra-conv", type=int, default=0, metavar="N",
+                   help="one more 3x3 convolution of N filters after the discriminator's first (S001's PyTorch "
+                        "port: 32); default 0, none")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate, both nets (default 2e-4)")
     p.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5; beta2 is 0.999)")
     p.add_argument("--img-size", type=int, default=28, metavar="PX",

@@ -371,6 +371,10 @@ def test_dcgan_shapes(size):
     paper = dcgan.Discriminator(ndf=4, img_size=size, norm="batch")
     assert "BatchNorm2d" in [type(m).__name__ for m in paper.net] and paper(x).shape == (3,)
     assert type(paper.net[1]).__name__ == "LeakyReLU"  # no BatchNorm on the discriminator's first layer
+    s001 = dcgan.Discriminator(ndf=4, img_size=size, extra_conv=32)  # S001's port: one more 32-filter conv
+    convs = [m for m in s001.net if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == len([m for m in D.net if isinstance(m, torch.nn.Conv2d)]) + 1
+    assert convs[1].out_channels == 32 and convs[1].stride == (1, 1) and s001(x).shape == (3,)
 
 
 def test_dcgan_rejects_unplannable_size():
