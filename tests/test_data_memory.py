@@ -1,6 +1,7 @@
 """data.cache=memory (issue 18): the cached arrays equal the per-sample path's decode, the training order and resume
 are those of the shard path, a changed or damaged cache is rebuilt, unsupported augmentation falls back."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -170,3 +171,37 @@ def test_memory_signal_then_resume_is_bit_identical(digits_shards, tmp_path):
     assert same_weights(straight / "runs/ft", resumed / "runs/ft")
     assert comparable_metrics(straight / "runs/ft") == comparable_metrics(resumed / "runs/ft")
     assert attempts(resumed / "runs/ft") == ["STOPPED", "DONE"]
+
+
+@pytest.mark.slow
+def test_memory_ddp_ranks_train_on_the_single_process_samples(digits_shards, tmp_path):
+    """2 ranks (both open the cache under its file lock) train per step on the samples one process trains on."""
+    common = [f"data.path={digits_shards}", "output.run=r", "trainer.epochs=1", "data.cache=memory",
+              "data.hflip=0.5", "trainer.max_steps=20"]
+    env = scratch_env(tmp_path)
+    run_cmd(train_cmd(CFG, *common, f"output.root={tmp_path / 'one'}", "data.batch_size=16"),
+            env={**env, "IMGTRAIN_TEST_TRACE_SAMPLES": str(tmp_path / "t1")})
+    run_cmd(train_cmd(CFG, *common, f"output.root={tmp_path / 'two'}", "data.batch_size=8", nproc=2),
+            env={**env, "IMGTRAIN_TEST_TRACE_SAMPLES": str(tmp_path / "t2")})
+    one = trace_lines(tmp_path / "t1.rank0")
+    r0, r1 = trace_lines(tmp_path / "t2.rank0"), trace_lines(tmp_path / "t2.rank1")
+    assert len(one) == len(r0) == len(r1) == 20
+    assert one == [a + b[1:] for a, b in zip(r0, r1)]
+
+
+@pytest.mark.slow
+def test_memory_path_counts_bad_samples_as_the_shard_path_does(digits_shards, tmp_path):
+    from imgtrain.logs import read_metrics
+    from test_fault_tolerance import _truncate_first_train_shard
+    data = tmp_path / "data"
+    _truncate_first_train_shard(digits_shards, data)
+    skipped = {}
+    for cache in ("off", "memory"):
+        proc = run_cmd(train_cmd(CFG, f"data.path={data}", f"output.root={tmp_path / cache}", "output.run=r",
+                                 "trainer.epochs=1", "data.max_bad_fraction=0.5",
+                                 *([] if cache == "off" else ["data.cache=memory"])), env=scratch_env(tmp_path))
+        assert "skipped training sample train:" in proc.stderr and "damaged shard train-000000.tar" in proc.stderr
+        assert not re.search(r"train:\d+: train:", proc.stderr)  # named once, as the shard path names it
+        rows = read_metrics(tmp_path / cache / "runs/r").to_pylist()
+        skipped[cache] = [(r["step"], r["value"]) for r in rows if r["split"] == "train" and r["metric"] == "skipped"]
+    assert skipped["off"] == skipped["memory"] and 100 < skipped["off"][-1][1] < 300

@@ -237,7 +237,7 @@ class MemorySplit:
         dropped and named."""
         index = np.asarray(index, dtype=np.int64)
         ok = self.good[index]
-        bad = [f"{self.split}:{i}: {self.bad[int(i)]}" for i in index[~ok]]
+        bad = [self.bad[int(i)] for i in index[~ok]]  # "split:index: why", as the shard path names them
         index = index[ok]
         images = torch.from_numpy(self.images[index]).permute(0, 3, 1, 2)
         return {"image": images, "target": self.targets[torch.from_numpy(index)],
