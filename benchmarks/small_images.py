@@ -8,10 +8,11 @@ samples; no augmentation on either side. The engine is `jobs/train.py`, one proc
 validation split, test at the end; it runs once with a cold cache (the decode into node-local scratch is timed)
 and once warm. The bare loop reads the same shards into one tensor and trains on it.
 
-    python benchmarks/small_images.py [--epochs 2] [--batch 64] [--work DIR]
+    python benchmarks/small_images.py [--dataset digits|cifar10] [--epochs 2] [--batch 64] [--threads 1] [--work DIR]
 Prints both times, both test accuracies, peak RSS; the last line is `ratio: X.XX` (bare / engine cold, higher is
 better; issue 18's CPU target >= 0.85).
-TODO (issue 18): the CIFAR-10-format data set of 50,000 32 px images; the 2-rank DDP peak-RSS comparison.
+`--dataset cifar10 [--n 50000]`: the same on a CIFAR-10-format data set written in the real pickle format.
+TODO (issue 18): the 2-rank DDP peak-RSS comparison.
 """
 import argparse
 import io
@@ -43,7 +44,7 @@ def engine_config(data: Path, args, out: Path) -> str:
 data:
   path: {data}
   img_size: {args.size}
-  in_chans: 1
+  in_chans: {args.in_chans}
   batch_size: {args.batch}
   num_workers: 0
   val_split: null
@@ -75,8 +76,34 @@ output:
 
 # ------------------------------------------------------------------------------------------ the bare loop
 
-def read_split(data: Path, split: str):
-    """All (image, label) of a split from its shards, decoded with PIL into one uint8 tensor N x 1 x H x W."""
+def write_cifar10(src: Path, n: int, seed: int = 0) -> Path:
+    """A CIFAR-10-format data set in the real pickle format (data_batch_1..5, test_batch, batches.meta): n training
+    and n // 5 test 32 px images, each class a coloured pattern under noise, so that a model can learn it."""
+    import pickle
+    import numpy as np
+    root = src / "cifar-10-batches-py"
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    protos = (128 + rng.integers(-12, 13, (10, 8, 8, 3))).repeat(4, 1).repeat(4, 2).astype(np.int16)  # 32x32x3
+    per = -(-n // 5)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for i, name in enumerate(names):
+        k = per if i < 5 else max(10, n // 5)
+        labels = rng.integers(0, 10, k)
+        noise = rng.integers(-96, 97, (k, 32, 32, 3), dtype=np.int16)
+        pixels = np.clip(protos[labels] + noise, 0, 255).astype(np.uint8).transpose(0, 3, 1, 2).reshape(k, 3072)
+        batch = {b"data": pixels, b"labels": [int(v) for v in labels],
+                 b"filenames": [f"s{i}_{j}.png".encode() for j in range(k)], b"batch_label": name.encode()}
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": per,
+                     b"num_vis": 3072}, f, protocol=2)
+    return root
+
+
+def read_split(data: Path, split: str, in_chans: int = 1):
+    """All (image, label) of a split from its shards, decoded with PIL into one uint8 tensor N x C x H x W."""
     import numpy as np
     import torch
     from PIL import Image
@@ -90,9 +117,11 @@ def read_split(data: Path, split: str):
                     key, ext = m.name.split(".", 1)
                     members.setdefault(key, {})[ext] = tar.extractfile(m).read()
         for key, parts in members.items():
-            images.append(np.array(Image.open(io.BytesIO(parts["png"])).convert("L")))
+            ext = next(e for e in ("png", "jpg", "jpeg", "webp") if e in parts)
+            img = np.array(Image.open(io.BytesIO(parts[ext])).convert("L" if in_chans == 1 else "RGB"))
+            images.append(img.reshape(*img.shape[:2], -1))
             labels.append(int(parts["cls"]))
-    x = torch.from_numpy(np.stack(images))[:, None]
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(labels), manifest["image_stats"]
 
 
@@ -103,10 +132,15 @@ def bare(args) -> None:
     from imgtrain import models
     torch.manual_seed(0)
     data = Path(args.data)
-    xtr, ytr, stats = read_split(data, "train")
-    xte, yte, _ = read_split(data, "test")
-    mean, std = stats["mean"][0] * 255, max(stats["std"][0], 1e-3) * 255
-    model = models.create_model(C.ModelConfig(name="simple_cnn"), num_classes=10, in_chans=1, img_size=args.size)
+    xtr, ytr, stats = read_split(data, "train", args.in_chans)
+    xte, yte, _ = read_split(data, "test", args.in_chans)
+    mean, std = stats["mean"], stats["std"]  # as the engine takes them from the manifest
+    if len(mean) != args.in_chans:
+        mean, std = [sum(mean) / len(mean)] * args.in_chans, [sum(std) / len(std)] * args.in_chans
+    mean = torch.tensor(mean).view(1, -1, 1, 1) * 255
+    std = torch.tensor([max(v, 1e-3) for v in std]).view(1, -1, 1, 1) * 255
+    model = models.create_model(C.ModelConfig(name="simple_cnn"), num_classes=10, in_chans=args.in_chans,
+                                img_size=args.size)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     n, b = len(xtr), args.batch
     for _ in range(args.epochs):
@@ -132,23 +166,35 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--size", type=int, default=28)
+    p.add_argument("--size", type=int, default=None, help="image size (default: 28 for digits, 32 for cifar10)")
+    p.add_argument("--dataset", choices=("digits", "cifar10"), default="digits",
+                   help="digits: the bundled digits upscaled; cifar10: a CIFAR-10-format pickle data set of --n "
+                        "32 px training images (class patterns under noise), packed with `shards pack cifar10`")
+    p.add_argument("--n", type=int, default=50000, help="cifar10: training images (issue 18: 50,000)")
+    p.add_argument("--in-chans", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=None,
                    help="OMP_NUM_THREADS for both processes (default: inherited; on a loaded machine 1 is steadier)")
     p.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.size = args.size or (28 if args.dataset == "digits" else 32)
+    args.in_chans = args.in_chans or (1 if args.dataset == "digits" else 3)
     if args.bare:
         bare(args)
         return 0
     import tempfile
     work = args.work or Path(tempfile.mkdtemp(prefix="small_images-"))
     work.mkdir(parents=True, exist_ok=True)
-    data = work / f"digits{args.size}"
+    if args.dataset == "digits":
+        data = work / f"digits{args.size}"
+        pack = [PY, "-m", "shards", "pack", "digits", "-", data, "--upscale", str(args.size)]
+    else:
+        data = work / f"cifar10-{args.n}"
+        pack = [PY, "-m", "shards", "pack", "cifar10", write_cifar10(work / f"cifar10-{args.n}-src", args.n), data,
+                "--val-fraction", "0", "--workers", str(os.cpu_count() or 1)]
     if not (data / "manifest.json").exists():
-        subprocess.run([PY, "-m", "shards", "pack", "digits", "-", data, "--upscale", str(args.size)], cwd=ROOT,
-                       check=True, capture_output=True)
+        subprocess.run([str(c) for c in pack], cwd=ROOT, check=True, capture_output=True)
     scratch = work / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)
     env = dict(os.environ, TMPDIR=str(scratch), SLURM_TMPDIR="", PYTHONWARNINGS="ignore")
@@ -167,14 +213,15 @@ def main(argv=None) -> int:
         test = json.loads((work / "out/runs" / f"engine-{name}" / "test_results.json").read_text())
         results[name] = (t, rss, test["metrics"]["acc1"])
     t_bare, rss_bare, rc = run_timed([PY, __file__, "--bare", "--data", data, "--epochs", args.epochs, "--batch",
-                                      args.batch, "--lr", args.lr, "--size", args.size], env, work / "bare.log")
+                                      args.batch, "--lr", args.lr, "--size", args.size, "--in-chans", args.in_chans],
+                                     env, work / "bare.log")
     if rc != 0:
         print((work / "bare.log").read_text()[-3000:], file=sys.stderr)
         raise SystemExit(f"bare loop exited {rc}")
     bare_out = json.loads((work / "bare.log").read_text().strip().splitlines()[-1])
     t_cold, rss_cold, acc_engine = results["cold"]
     t_warm, rss_warm, acc_warm = results["warm"]
-    print(f"digits {args.size} px: {bare_out['train']} train / {bare_out['test']} test images, simple_cnn, AdamW "
+    print(f"{args.dataset} {args.size} px: {bare_out['train']} train / {bare_out['test']} test images, simple_cnn, AdamW "
           f"lr {args.lr}, batch {args.batch}, {args.epochs} epochs, OMP_NUM_THREADS {env.get('OMP_NUM_THREADS', 'unset')}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"engine (jobs/train.py, data.cache=memory, cold cache): {t_cold:6.2f} s  test acc1 {acc_engine * 100:.2f} %  "
