@@ -205,3 +205,13 @@ def test_memory_path_counts_bad_samples_as_the_shard_path_does(digits_shards, tm
         rows = read_metrics(tmp_path / cache / "runs/r").to_pylist()
         skipped[cache] = [(r["step"], r["value"]) for r in rows if r["split"] == "train" and r["metric"] == "skipped"]
     assert skipped["off"] == skipped["memory"] and 100 < skipped["off"][-1][1] < 300
+
+
+def test_no_scratch_space_names_the_path_and_the_keys(digits_shards, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("SLURM_TMPDIR", str(blocker))
+    cfg = cfg_for(digits_shards)
+    with pytest.raises(RuntimeError) as e:
+        open_cache(cfg, dataset_info(cfg), "val", train=False, mean=MEAN, std=STD, log=lambda m: None)
+    assert str(blocker) in str(e.value) and "$SLURM_TMPDIR" in str(e.value) and "data.cache=off" in str(e.value)
