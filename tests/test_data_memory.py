@@ -139,20 +139,20 @@ def trace_lines(path):
 @pytest.mark.slow
 def test_memory_run_trains_on_the_shard_order_and_results(digits_shards, tmp_path):
     """Augmentation off (scale 1, ratio 1, no flip; the 16 px digits resize to themselves): the same samples per
-    step as data.cache=off, and since the pixels are the same too, the same weights and metrics."""
+    step as data.cache=none, and since the pixels are the same too, the same weights and metrics."""
     plain = ["trainer.epochs=1", "data.simple_augment=false", "data.scale=[1.0,1.0]", "data.ratio=[1.0,1.0]",
              "data.hflip=0.0", "data.interpolation=bilinear", "data.crop_pct=1.0"]
     traces = {}
-    for cache in ("off", "memory"):
+    for cache in ("none", "memory"):
         trace = tmp_path / f"trace-{cache}"
         run_cmd(train_cmd(CFG, f"data.path={digits_shards}", f"output.root={tmp_path / cache}", "output.run=r",
-                          *([] if cache == "off" else [f"data.cache={cache}"]), *plain),
+                          *([] if cache == "none" else [f"data.cache={cache}"]), *plain),
                 env={**scratch_env(tmp_path), "IMGTRAIN_TEST_TRACE_SAMPLES": str(trace)})
         traces[cache] = trace_lines(tmp_path / f"trace-{cache}.rank0")
-    assert traces["off"] == traces["memory"] and len(traces["off"]) > 50
+    assert traces["none"] == traces["memory"] and len(traces["none"]) > 50
     from test_fault_tolerance import comparable_metrics, same_weights
-    assert same_weights(tmp_path / "off/runs/r", tmp_path / "memory/runs/r")
-    assert comparable_metrics(tmp_path / "off/runs/r") == comparable_metrics(tmp_path / "memory/runs/r")
+    assert same_weights(tmp_path / "none/runs/r", tmp_path / "memory/runs/r")
+    assert comparable_metrics(tmp_path / "none/runs/r") == comparable_metrics(tmp_path / "memory/runs/r")
     assert list((tmp_path / "scratch/imgtrain-cache").glob("*/train-16-c3-*.npy"))
 
 
@@ -196,15 +196,15 @@ def test_memory_path_counts_bad_samples_as_the_shard_path_does(digits_shards, tm
     data = tmp_path / "data"
     _truncate_first_train_shard(digits_shards, data)
     skipped = {}
-    for cache in ("off", "memory"):
+    for cache in ("none", "memory"):
         proc = run_cmd(train_cmd(CFG, f"data.path={data}", f"output.root={tmp_path / cache}", "output.run=r",
                                  "trainer.epochs=1", "data.max_bad_fraction=0.5",
-                                 *([] if cache == "off" else ["data.cache=memory"])), env=scratch_env(tmp_path))
+                                 *([] if cache == "none" else ["data.cache=memory"])), env=scratch_env(tmp_path))
         assert "skipped training sample train:" in proc.stderr and "damaged shard train-000000.tar" in proc.stderr
         assert not re.search(r"train:\d+: train:", proc.stderr)  # named once, as the shard path names it
         rows = read_metrics(tmp_path / cache / "runs/r").to_pylist()
         skipped[cache] = [(r["step"], r["value"]) for r in rows if r["split"] == "train" and r["metric"] == "skipped"]
-    assert skipped["off"] == skipped["memory"] and 100 < skipped["off"][-1][1] < 300
+    assert skipped["none"] == skipped["memory"] and 100 < skipped["none"][-1][1] < 300
 
 
 def test_no_scratch_space_names_the_path_and_the_keys(digits_shards, tmp_path, monkeypatch):
@@ -214,4 +214,4 @@ def test_no_scratch_space_names_the_path_and_the_keys(digits_shards, tmp_path, m
     cfg = cfg_for(digits_shards)
     with pytest.raises(RuntimeError) as e:
         open_cache(cfg, dataset_info(cfg), "val", train=False, mean=MEAN, std=STD, log=lambda m: None)
-    assert str(blocker) in str(e.value) and "$SLURM_TMPDIR" in str(e.value) and "data.cache=off" in str(e.value)
+    assert str(blocker) in str(e.value) and "$SLURM_TMPDIR" in str(e.value) and "data.cache=none" in str(e.value)

@@ -192,7 +192,7 @@ def open_cache(cfg, info, split: str, *, train: bool, mean, std, log: Callable[[
         lock = open(folder / f"{path.stem}.lock", "a")
     except OSError as e:
         raise RuntimeError(f"data.cache=memory needs a writable node-local folder: {folder} ({e}); set $SLURM_TMPDIR "
-                           "or $TMPDIR to scratch space with room, or set data.cache=off") from None
+                           "or $TMPDIR to scratch space with room, or set data.cache=none") from None
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the first process of the node builds; the others wait, then read
         why = _check(path, side, key)
@@ -203,7 +203,7 @@ def open_cache(cfg, info, split: str, *, train: bool, mean, std, log: Callable[[
                 _build(ds, path, side, key, shape, d.num_workers)
             except OSError as e:
                 raise RuntimeError(f"data.cache=memory could not write {path} ({e}); set $SLURM_TMPDIR or $TMPDIR to "
-                                   "scratch space with room, or set data.cache=off") from None
+                                   "scratch space with room, or set data.cache=none") from None
             why = _check(path, side, key)
             if why is not None:
                 raise RuntimeError(f"data.cache=memory: {path} is unusable right after it was written ({why})")
