@@ -32,6 +32,14 @@ set +e
 status=${PIPESTATUS[0]}
 set -e
 [ "$status" -eq 0 ] || { echo "venv: pip install -r $req failed (exit $status)" >&2; exit "$status"; }
+# opencv-python-headless (pinned before) and opencv-contrib-python-headless both install the cv2 package: a venv
+# made before the switch keeps only the pinned one (uninstalling the other removes shared files: reinstall it)
+contrib=$(grep -o '^opencv-contrib-python-headless==[^ #]*' "$req" || true)
+if [ -n "$contrib" ] && "$venv/bin/python" -m pip show -q opencv-python-headless >/dev/null 2>&1; then
+  "$venv/bin/python" -m pip uninstall -y -q opencv-python-headless
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$contrib" 2>&1 \
+    | grep -v "is ignored" || true
+fi
 # imgtrain and shards import from the repository root (an editable install without a build step).
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$root" > "$site/imgtrain-root.pth"
