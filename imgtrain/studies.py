@@ -451,6 +451,69 @@ def our_value(number: Number, run, runs) -> tuple[Optional[float], str]:
     return None, f"{' / '.join(tried)} not logged"
 
 
+# ============================================================================ evaluations
+
+EVALUATIONS = "evaluations"  # ROOT/evaluations/<name>/metrics.json: `jobs/evaluate.py ... --out ROOT/evaluations/<name>`
+
+
+@dataclass
+class Evaluation:
+    """A `jobs/evaluate.py` result (a model evaluated, nothing trained: S002's VGG-19 as is)."""
+    name: str
+    record: dict
+
+    @property
+    def run_id(self) -> str:
+        return f"{EVALUATIONS}/{self.name}"
+
+
+def load_evaluations(root: Path) -> list[Evaluation]:
+    out = []
+    for path in sorted((root / EVALUATIONS).glob("*/metrics.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
+            out.append(Evaluation(path.parent.name, record))
+    return out
+
+
+def evaluations_of(experiment: Experiment, evaluations: Sequence[Evaluation]) -> list[Evaluation]:
+    """The evaluations of a config recipe (by its file name) on the cell's data set (data.path)."""
+    recipe = experiment.recipe
+    if recipe is None or recipe.kind != "config":
+        return []
+    data = experiment.match_cell().get("data.path")
+    out = []
+    for e in evaluations:
+        config, evaluated = e.record.get("config"), e.record.get("data")
+        if not config or Path(config).name != Path(recipe.target).name:
+            continue
+        if data is not None and (evaluated is None or Path(evaluated).resolve() != Path(data).resolve()
+                                 and not str(evaluated).rstrip("/").endswith(str(data).rstrip("/"))):
+            continue
+        out.append(e)
+    return out
+
+
+def evaluation_value(number: Number, evaluation: Evaluation) -> tuple[Optional[float], str]:
+    """Our value from an evaluation: its split's metrics; the full-output one (`full/acc1`: over every output
+    of a 1000-way head, as S002 counts) when the evaluation mapped classes onto a wider head."""
+    if number.our_split is None:
+        return None, "not compared" + (f": {number.notes}" if number.notes else "")
+    if UNITS.get(number.unit, 1.0) is None:
+        return None, f"not compared: unit {number.unit}"
+    split = evaluation.record.get("split")
+    if number.our_split != split:
+        return None, f"the evaluation is of split {split}, not {number.our_split}"
+    metrics = evaluation.record["metrics"]
+    for key in (f"full/{number.metric}", number.metric):
+        if metrics.get(key) is not None:
+            return float(metrics[key]), f"evaluation {key}"
+    return None, f"{number.metric} not in the evaluation"
+
+
 # ============================================================================ comparison
 
 COLUMNS = ("experiment", "group", "metric", "study_metric", "split", "our_split", "at", "printed", "unit",
@@ -474,24 +537,35 @@ def compare(study: Study, root: str | os.PathLike) -> Comparison:
 
     root = Path(root)
     runs = analysis.load_runs(root)
+    evaluations = load_evaluations(root)
     names = {k: r.run_name() for k, r in study.recipes.items()}
     rows, no_run, no_recipe = [], [], []
     for x in study.experiments:
         matches = runs_of(x, runs.runs, names)
         run = _pick(matches)
+        evaluation = None
+        if run is None:  # a model only evaluated (jobs/evaluate.py --out ROOT/evaluations/NAME)
+            evaluated = evaluations_of(x, evaluations)
+            evaluation, matches = (evaluated[-1] if evaluated else None), evaluated
         if x.recipe is None:
             no_recipe.append(x)
-        elif run is None:
+        elif run is None and evaluation is None:
             no_run.append(x)
         for n in x.numbers:
             study_value = n.scaled()
-            ours, source = our_value(n, run, runs) if run is not None else (None, "no run" if x.recipe else "no recipe")
+            if run is not None:
+                ours, source = our_value(n, run, runs)
+            elif evaluation is not None:
+                ours, source = evaluation_value(n, evaluation)
+            else:
+                ours, source = None, "no run" if x.recipe else "no recipe"
             rows.append({
                 "experiment": x.id, "group": x.group, "metric": n.metric, "study_metric": n.study_metric,
                 "split": n.split, "our_split": n.our_split, "at": n.at, "printed": n.printed, "unit": n.unit,
                 "study": study_value, "ours": ours,
                 "difference": ours - study_value if ours is not None and n.comparable else None,
-                "run_id": run.run_id if run else None, "status": run.status if run else None,
+                "run_id": run.run_id if run else (evaluation.run_id if evaluation else None),
+                "status": run.status if run else ("EVALUATED" if evaluation else None),
                 "runs": len(matches), "source": source, "where": n.where, "notes": n.notes})
     missing = [r for r in study.recipes.values() if not r.exists()]
     return Comparison(study, root, rows, no_run, no_recipe, missing, list(runs.warnings))

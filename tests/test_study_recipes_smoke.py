@@ -204,3 +204,31 @@ def test_study_grid_cell_trains(grid, pick, data, tmp_path):
         assert group["alpha"] == 0.9 and group["momentum"] == 0.0
     if cell.config.optim.name == "sgd":
         assert group["momentum"] == 0.0 and not group["nesterov"]
+
+
+def test_s002_vgg19_as_is_evaluated_beside_the_study(tmp_path_factory, tmp_path):
+    """S002 Table 4.1: the ImageNet VGG-19 evaluated, not trained (jobs/evaluate.py with the recipe, --out
+    ROOT/evaluations/NAME as its header says); `--study S002` reads the 1000-way top-1/top-5 from it."""
+    import importlib.util
+    src = tmp_path / "src"
+    write_imagefolder(src, classes=CLIP_CLASSES, n_per_class=5, seed=10)
+    shards = pack("imagefolder", src, tmp_path / "data/shards/clipart-curated", "--val-fraction", "0",
+                  "--test-fraction", "0.2")
+    w = weights(tmp_path_factory.getbasetemp(), "vgg19", {"kwargs": {"mlp_ratio": 0.01}})
+    spec = importlib.util.spec_from_file_location("evaluate_cli", ROOT / "jobs/evaluate.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    root = tmp_path / "root"
+    assert cli.main(["--config", str(CONFIGS / "s002_vgg19_as_is.yaml"), f"data.path={shards}",
+                     f"model.pretrained_path={w}", *TINY_VGG, "data.num_workers=0",
+                     "--out", str(root / "evaluations/as_is_curated")]) == 0
+    got = json.loads((root / "evaluations/as_is_curated/metrics.json").read_text())
+    assert got["class_map"] == [404, 1, 281] and got["model_outputs"] == 1000
+    from imgtrain import studies
+    cmp = studies.compare(studies.load_study("S002"), root)
+    rows = {(r["experiment"], r["metric"]): r for r in cmp.rows}
+    top1 = rows[("vgg19_as_is_curated", "acc1")]
+    assert top1["run_id"] == "evaluations/as_is_curated" and top1["status"] == "EVALUATED"
+    assert top1["ours"] == pytest.approx(got["metrics"]["full/acc1"]) and top1["source"] == "evaluation full/acc1"
+    assert rows[("vgg19_as_is_noisy23", "acc1")]["ours"] is None  # another data set: no evaluation of it yet
+    assert "vgg19_as_is_curated" not in {x.id for x in cmp.no_run}
