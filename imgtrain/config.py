@@ -84,7 +84,10 @@ class DataConfig:
     # issue 18: "memory" decodes each split once into one uint8 N x H x W x C array, memory-mapped from node-local
     # scratch ($SLURM_TMPDIR, else $TMPDIR, else /tmp) and shared by every process of the node; training batches
     # are gathered by index and augmented per batch (pad-and-crop, flip) on the training device (imgtrain/data/memory.py)
+    # "auto": memory when every split the run uses fits data.cache_max_gb (and the scratch folder's free space)
+    # and the training augmentation has a per-batch form, else the per-sample path, with a log line saying why
     cache: str = _added("none")
+    cache_max_gb: float = _added(8.0)  # memory budget of the cached splits together (node-local scratch + page cache)
 
     def selects_on_test(self) -> bool:
         """Validation (early stopping, monitor, best checkpoint) runs on the test split: data.val_split is
@@ -355,7 +358,7 @@ CHOICES = {
     "dist.zero_stage": (0, 1, 2, 3),
     "data.interpolation": ("bilinear", "bicubic", "nearest", "random"),
     "data.decode_on": ("workers", "device"),
-    "data.cache": ("none", "memory"),
+    "data.cache": ("none", "memory", "auto"),
 }
 
 

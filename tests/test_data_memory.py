@@ -215,3 +215,30 @@ def test_no_scratch_space_names_the_path_and_the_keys(digits_shards, tmp_path, m
     with pytest.raises(RuntimeError) as e:
         open_cache(cfg, dataset_info(cfg), "val", train=False, mean=MEAN, std=STD, log=lambda m: None)
     assert str(blocker) in str(e.value) and "$SLURM_TMPDIR" in str(e.value) and "data.cache=none" in str(e.value)
+
+
+def test_auto_caches_what_fits_and_streams_the_rest_saying_why(digits_shards, tmp_path, monkeypatch):
+    """data.cache=auto: memory when the splits fit data.cache_max_gb and the augmentation has a per-batch form;
+    else the per-sample path with one log line; data.cache=memory over the budget streams too, saying so."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("SLURM_TMPDIR", raising=False)
+
+    def hook(*extra):
+        cfg = C.load(CFG, [f"data.path={digits_shards}", *extra])
+        info = dataset_info(cfg)
+        task = task_of(cfg, info)
+        split = lambda name, train: build_split(cfg, info, name, task, train=train, mean=MEAN, std=STD)  # noqa: E731
+        logs = []
+        out = use_memory(cfg, info, task, DistEnv(), split("train", True), split("val", False), split("test", False),
+                         MEAN, STD, log=logs.append)
+        return out, logs
+
+    (feed, val, test), logs = hook("data.cache=auto")
+    assert isinstance(feed, MemoryFeed) and isinstance(val, MemorySplit) and any("cached in memory" in m for m in logs)
+    (feed, val, test), logs = hook("data.cache=auto", "data.cache_max_gb=0.0001")  # ~0.1 MiB: the 1,797 digits need 1.4
+    assert feed is None and not isinstance(val, MemorySplit) and len(logs) == 1
+    assert "over data.cache_max_gb=0.0001" in logs[0] and "per-sample path" in logs[0]
+    (feed, val, test), logs = hook("data.cache=memory", "data.cache_max_gb=0.0001")
+    assert feed is None and not isinstance(test, MemorySplit) and "data.cache=memory: the per-sample path" in logs[0]
+    (feed, val, test), logs = hook("data.cache=auto", "data.simple_augment=false", "data.color_jitter=0.4")
+    assert feed is None and not isinstance(val, MemorySplit) and "data.color_jitter=0.4" in logs[0]

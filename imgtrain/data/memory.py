@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import zlib
 from pathlib import Path
 from typing import Callable, Optional
@@ -318,10 +319,39 @@ def use_memory(cfg, info, task, env, train_ds, val_ds, test_ds, mean, std, log: 
         images, meta, shard = open_cache(cfg, info, ds.split, train=train, mean=mean, std=std, log=log, base=ds)
         return MemorySplit(images, meta, shard, task.target_from_sample, mean, std)
 
+    mode = cfg.data.cache
     why = unsupported_augmentation(cfg)
+    if mode == "auto" and why is not None:
+        log(f"data.cache=auto: the per-sample path: {why}")
+        return None, val_ds, test_ds
+    too_big = over_budget(cfg, [d for d in (train_ds, val_ds, test_ds) if d is not None])
+    if too_big is not None:
+        log(f"data.cache={mode}: the per-sample path: {too_big}")
+        return None, val_ds, test_ds
     feed = None
     if why is not None:
-        log(f"data.cache=memory: training uses the per-sample path: {why}; evaluation uses the cache")
+        log(f"data.cache={mode}: training uses the per-sample path: {why}; evaluation uses the cache")
     else:
         feed = MemoryFeed(cached(train_ds, True), cfg, env)
+        if mode == "auto":
+            log(f"data.cache=auto: splits cached in memory ({cache_root()})")
     return feed, cached(val_ds, False), cached(test_ds, False)
+
+
+def over_budget(cfg, splits: list, root: Optional[Path] = None) -> Optional[str]:
+    """Why the splits cannot be cached (over data.cache_max_gb, or more than the scratch folder's free space),
+    or None. Each cached image is img_size x img_size x in_chans bytes."""
+    d = cfg.data
+    need = sum(len(ds) for ds in splits) * d.img_size * d.img_size * d.in_chans
+    gib = 2.0 ** 30
+    if need > d.cache_max_gb * gib:
+        return (f"the splits need {need / gib:.2f} GiB, over data.cache_max_gb={d.cache_max_gb:g} "
+                "(raise it to cache them)")
+    folder = root or cache_root()
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if probe is not None:
+        free = shutil.disk_usage(probe).free
+        if need * 1.05 > free:
+            return (f"the splits need {need / gib:.2f} GiB, {probe} has {free / gib:.2f} GiB free (set $SLURM_TMPDIR "
+                    "or $TMPDIR to scratch space with room)")
+    return None

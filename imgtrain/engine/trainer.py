@@ -188,7 +188,7 @@ class Trainer:
         self.train_ds = split(cfg.data.train_split, True)
         self.normalize = Normalizer(mean, std, env.device, cfg.data.re_prob)
         self.val_ds, self.test_ds = split(cfg.data.val_split, False), split(cfg.data.test_split, False)
-        if cfg.data.cache == "memory":  # issue 18: splits decoded once into memory-mapped arrays (data/memory.py)
+        if cfg.data.cache != "none":  # issue 18: splits decoded once into memory-mapped arrays (data/memory.py)
             from imgtrain.data.memory import use_memory
             feed, self.val_ds, self.test_ds = use_memory(cfg, info, self.task, env, self.train_ds, self.val_ds,
                                                          self.test_ds, mean, std, log=self.log)
