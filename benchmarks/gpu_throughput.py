@@ -273,21 +273,13 @@ def engine_rate(s: Setup, data: Path, out: Path, name: str, batches, extra=(), e
 def synthetic_manifest(out: Path, n: int, workers: int, classes: int = 10) -> Path:
     """A shard data set with n tiny images: the engine needs a manifest at least one run long, even when
     its batches come from memory. Written as CIFAR-10 pickles and packed by `shards pack cifar10`."""
+    from cifar_pickles import write_cifar10_pickles
     src = out.parent / (out.name + "-src") / "cifar-10-batches-py"
-    src.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     per = -(-n // 5)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for i, name in enumerate(names):
-        k = per if i < 5 else 10
-        batch = {b"data": rng.integers(0, 256, (k, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in rng.integers(0, classes, k)],
-                 b"filenames": [f"s{i}_{j}.png".encode() for j in range(k)], b"batch_label": name.encode()}
-        with open(src / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    with open(src / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": per,
-                     b"num_vis": 3072}, f, protocol=2)
+    sizes = [per] * 5 + [10]
+    write_cifar10_pickles(src, [(rng.integers(0, 256, (k, 3072), dtype=np.uint8), rng.integers(0, classes, k))
+                                for k in sizes], per)
     pack("cifar10", src, out, workers)
     return out
 

@@ -79,27 +79,18 @@ output:
 def write_cifar10(src: Path, n: int, seed: int = 0) -> Path:
     """A CIFAR-10-format data set in the real pickle format (data_batch_1..5, test_batch, batches.meta): n training
     and n // 5 test 32 px images, each class a coloured pattern under noise, so that a model can learn it."""
-    import pickle
     import numpy as np
-    root = src / "cifar-10-batches-py"
-    root.mkdir(parents=True, exist_ok=True)
+    from cifar_pickles import write_cifar10_pickles
     rng = np.random.default_rng(seed)
     protos = (128 + rng.integers(-12, 13, (10, 8, 8, 3))).repeat(4, 1).repeat(4, 2).astype(np.int16)  # 32x32x3
     per = -(-n // 5)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for i, name in enumerate(names):
-        k = per if i < 5 else max(10, n // 5)
+    batches = []
+    for k in [per] * 5 + [max(10, n // 5)]:
         labels = rng.integers(0, 10, k)
         noise = rng.integers(-96, 97, (k, 32, 32, 3), dtype=np.int16)
         pixels = np.clip(protos[labels] + noise, 0, 255).astype(np.uint8).transpose(0, 3, 1, 2).reshape(k, 3072)
-        batch = {b"data": pixels, b"labels": [int(v) for v in labels],
-                 b"filenames": [f"s{i}_{j}.png".encode() for j in range(k)], b"batch_label": name.encode()}
-        with open(root / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    with open(root / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": per,
-                     b"num_vis": 3072}, f, protocol=2)
-    return root
+        batches.append((pixels, labels))
+    return write_cifar10_pickles(src / "cifar-10-batches-py", batches, per)
 
 
 def read_split(data: Path, split: str, in_chans: int = 1):

@@ -144,3 +144,17 @@ def test_fast_crop_path_draws_timms_box_and_matches_its_pixels():
     assert isinstance(build_transform(plain, True, (0.5,) * 3, (0.5,) * 3), FastResizedCropFlip)
     augmented = C.DataConfig(path="x", img_size=64, auto_augment="rand-m9-mstd0.5")
     assert not isinstance(build_transform(augmented, True, (0.5,) * 3, (0.5,) * 3), FastResizedCropFlip)
+
+
+@pytest.mark.slow
+def test_small_images_benchmark_runs_both_sides(tmp_path):
+    """benchmarks/small_images.py on 200 CIFAR-format images, one epoch: three whole processes (engine with a
+    cold and a warm data.cache=memory, the bare loop), their figures, and the ratio line last."""
+    proc = run_cmd([PY, ROOT / "benchmarks/small_images.py", "--dataset", "cifar10", "--n", "200", "--epochs", "1",
+                    "--threads", "1", "--work", tmp_path], timeout=300)
+    out = proc.stdout
+    for side in ("cold cache", "warm cache", "bare in-memory PyTorch loop"):
+        line = next(ln for ln in out.splitlines() if side in ln)
+        assert re.search(r"\d+\.\d\d s\s+test acc1 \d+\.\d\d %\s+peak RSS \d+ MiB", line), line
+    assert 0 < final_ratio(out) < 5
+    assert list((tmp_path).rglob("imgtrain-cache/*/train-32-*.npy"))  # the engine decoded into the cache
