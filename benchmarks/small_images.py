@@ -12,7 +12,11 @@ and once warm. The bare loop reads the same shards into one tensor and trains on
 Prints both times, both test accuracies, peak RSS; the last line is `ratio: X.XX` (bare / engine cold, higher is
 better; issue 18's CPU target >= 0.85).
 `--dataset cifar10 [--n 50000]`: the same on a CIFAR-10-format data set written in the real pickle format.
-TODO (issue 18): the 2-rank DDP peak-RSS comparison.
+`--ddp`: also the engine as 2 DDP ranks on the warm cache, with the peak PSS of the process tree against the one
+process's (issue 18's target <= 1.3x: the cache is one page-cache copy that every rank maps).
+Peak PSS is sampled every 50 ms from /proc/PID/smaps_rollup over the process tree; peak RSS is the largest process's.
+`--bare-order engine` (the default) makes the bare loop take the engine's sample order, so the two test accuracies
+are equal unless the engine's data path changes the samples; `--bare-order randperm` shows a plain shuffle.
 """
 import argparse
 import io
@@ -29,14 +33,55 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
-def run_timed(cmd, env, log: Path) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MiB, exit status) of one whole process (os.wait4: this child's own rusage)."""
+def _tree(pid: int) -> list[int]:
+    """pid and all its descendants (/proc/PID/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+def _pss_mib(pid: int) -> float:
+    """Proportional set size: a page shared by k processes counts 1/k in each (the memory-mapped cache, libraries),
+    so the sum over a process tree is what the tree really holds."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_timed(cmd, env, log: Path) -> tuple[float, float, int, dict]:
+    """(wall seconds, peak RSS MiB, exit status, {"tree": peak PSS of the process tree, "workers": peak PSS of its
+    processes but the first (torchrun's ranks)}) of one whole process; RSS from os.wait4 (the largest process)."""
+    import threading
     t = time.perf_counter()
+    peaks = {"tree": 0.0, "workers": 0.0}
     with open(log, "w") as f:
         proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.05):
+                pss = [_pss_mib(p) for p in _tree(proc.pid)]
+                peaks["tree"] = max(peaks["tree"], sum(pss))
+                peaks["workers"] = max(peaks["workers"], sum(pss[1:]))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        done.set()
+        sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - t, usage.ru_maxrss / 1024, proc.returncode
+    return time.perf_counter() - t, usage.ru_maxrss / 1024, proc.returncode, peaks
 
 
 def engine_config(data: Path, args, out: Path) -> str:
@@ -66,7 +111,7 @@ sched:
   name: none
 trainer:
   epochs: {args.epochs}
-  seed: 0
+  seed: {args.seed}
   log_every_steps: 100000
   log_every_seconds: 100000
 output:
@@ -121,10 +166,12 @@ def bare(args) -> None:
     import torch.nn.functional as F
     from imgtrain import config as C
     from imgtrain import models
-    torch.manual_seed(0)
+    from imgtrain.data.order import epoch_order
+    torch.manual_seed(args.seed)
     data = Path(args.data)
     xtr, ytr, stats = read_split(data, "train", args.in_chans)
     xte, yte, _ = read_split(data, "test", args.in_chans)
+    counts = [int(s["count"]) for s in json.loads((data / "manifest.json").read_text())["splits"]["train"]["shards"]]
     mean, std = stats["mean"], stats["std"]  # as the engine takes them from the manifest
     if len(mean) != args.in_chans:
         mean, std = [sum(mean) / len(mean)] * args.in_chans, [sum(std) / len(std)] * args.in_chans
@@ -134,9 +181,12 @@ def bare(args) -> None:
                                 img_size=args.size)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     n, b = len(xtr), args.batch
-    for _ in range(args.epochs):
+    for epoch in range(args.epochs):
         model.train()
-        perm = torch.randperm(n)
+        if args.bare_order == "engine":  # the shard path's order: shards permuted, then a 1,000-sample window shuffle
+            perm = torch.from_numpy(epoch_order(counts, seed=args.seed, epoch=epoch, buffer=1000))
+        else:
+            perm = torch.randperm(n)
         for i in range(0, n - b + 1, b):
             idx = perm[i:i + b]
             x = (xtr[idx].float() - mean) / std
@@ -157,6 +207,10 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--bare-order", choices=("engine", "randperm"), default="engine",
+                   help="the bare loop's sample order: the engine's (default; the accuracies then match exactly, "
+                        "so any difference is a defect) or torch.randperm (the spread of a plain shuffle)")
+    p.add_argument("--seed", type=int, default=0, help="trainer.seed of the engine, torch.manual_seed of the bare loop")
     p.add_argument("--size", type=int, default=None, help="image size (default: 28 for digits, 32 for cifar10)")
     p.add_argument("--dataset", choices=("digits", "cifar10"), default="digits",
                    help="digits: the bundled digits upscaled; cifar10: a CIFAR-10-format pickle data set of --n "
@@ -166,6 +220,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="OMP_NUM_THREADS for both processes (default: inherited; on a loaded machine 1 is steadier)")
     p.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    p.add_argument("--ddp", action="store_true",
+                   help="also run the engine as 2 DDP ranks (torchrun, gloo) on the warm cache and compare peak PSS "
+                        "(proportional set size, shared pages split) with the one-process run")
     p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -195,32 +252,42 @@ def main(argv=None) -> int:
     cfg.write_text(engine_config(data, args, work / "out"))
     shutil.rmtree(work / "out", ignore_errors=True)
     results = {}
-    for name in ("cold", "warm"):
-        t, rss, rc = run_timed([PY, ROOT / "jobs/train.py", "--config", cfg, f"output.run=engine-{name}"], env,
-                               work / f"engine-{name}.log")
+    runs = [("cold", [PY]), ("warm", [PY])]
+    if args.ddp:  # 2 ranks of half the batch each: the same global batch; the cache warm, shared by both ranks
+        runs.append(("ddp", [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]))
+    for name, launch in runs:
+        extra = [f"data.batch_size={args.batch // 2}"] if name == "ddp" else []
+        t, rss, rc, pss = run_timed([*launch, ROOT / "jobs/train.py", "--config", cfg, f"output.run=engine-{name}",
+                                     *extra], env, work / f"engine-{name}.log")
         if rc != 0:
             print((work / f"engine-{name}.log").read_text()[-3000:], file=sys.stderr)
             raise SystemExit(f"engine run exited {rc}")
         test = json.loads((work / "out/runs" / f"engine-{name}" / "test_results.json").read_text())
-        results[name] = (t, rss, test["metrics"]["acc1"])
-    t_bare, rss_bare, rc = run_timed([PY, __file__, "--bare", "--data", data, "--epochs", args.epochs, "--batch",
-                                      args.batch, "--lr", args.lr, "--size", args.size, "--in-chans", args.in_chans],
-                                     env, work / "bare.log")
+        results[name] = (t, rss, test["metrics"]["acc1"], pss)
+    t_bare, rss_bare, rc, pss_bare = run_timed(
+        [PY, __file__, "--bare", "--data", data, "--epochs", args.epochs, "--batch", args.batch, "--lr", args.lr,
+         "--seed", args.seed, "--bare-order", args.bare_order, "--size", args.size, "--in-chans", args.in_chans],
+        env, work / "bare.log")
     if rc != 0:
         print((work / "bare.log").read_text()[-3000:], file=sys.stderr)
         raise SystemExit(f"bare loop exited {rc}")
     bare_out = json.loads((work / "bare.log").read_text().strip().splitlines()[-1])
-    t_cold, rss_cold, acc_engine = results["cold"]
-    t_warm, rss_warm, acc_warm = results["warm"]
+    t_cold = results["cold"][0]
     print(f"{args.dataset} {args.size} px: {bare_out['train']} train / {bare_out['test']} test images, simple_cnn, AdamW "
-          f"lr {args.lr}, batch {args.batch}, {args.epochs} epochs, OMP_NUM_THREADS {env.get('OMP_NUM_THREADS', 'unset')}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    print(f"engine (jobs/train.py, data.cache=memory, cold cache): {t_cold:6.2f} s  test acc1 {acc_engine * 100:.2f} %  "
-          f"peak RSS {rss_cold:.0f} MiB")
-    print(f"engine (jobs/train.py, data.cache=memory, warm cache): {t_warm:6.2f} s  test acc1 {acc_warm * 100:.2f} %  "
-          f"peak RSS {rss_warm:.0f} MiB")
-    print(f"bare in-memory PyTorch loop:                            {t_bare:6.2f} s  test acc1 "
-          f"{bare_out['acc1'] * 100:.2f} %  peak RSS {rss_bare:.0f} MiB")
+          f"lr {args.lr}, batch {args.batch}, {args.epochs} epochs, seed {args.seed}, bare order {args.bare_order}, "
+          f"OMP_NUM_THREADS {env.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    labels = {"cold": "engine, data.cache=memory, cold cache", "warm": "engine, data.cache=memory, warm cache",
+              "ddp": "engine, 2 DDP ranks (torchrun), warm cache"}
+    for name, (t, rss, acc, pss) in results.items():
+        print(f"{labels[name]:<44} {t:6.2f} s  test acc1 {acc * 100:.2f} %  peak RSS {rss:.0f} MiB  "
+              f"peak PSS {pss['tree']:.0f} MiB" + (f" (ranks {pss['workers']:.0f})" if name == "ddp" else ""))
+    print(f"{'bare in-memory PyTorch loop':<44} {t_bare:6.2f} s  test acc1 {bare_out['acc1'] * 100:.2f} %  "
+          f"peak RSS {rss_bare:.0f} MiB  peak PSS {pss_bare['tree']:.0f} MiB")
+    if "ddp" in results:
+        one, two = results["warm"][3]["tree"], results["ddp"][3]
+        print(f"2-rank DDP / one process, peak PSS: ranks {two['workers'] / one:.2f}x, with the torchrun launcher "
+              f"{two['tree'] / one:.2f}x (issue 18's target <= 1.3x)")
     print(f"ratio: {t_bare / t_cold:.2f}")
     return 0
 

@@ -103,6 +103,21 @@ def test_classification_metric_edges(rng):
     assert task.metrics(logits, soft)["acc1"] == m["acc1"]
 
 
+def test_macro_prf_matches_sklearn_with_absent_and_unpredicted_classes(rng):
+    from imgtrain.tasks.classification import macro_prf
+    for trial in range(20):
+        c = int(rng.integers(2, 9))
+        n = int(rng.integers(1, 40))
+        y = rng.integers(0, max(1, c - 2), size=n)  # the top classes absent from the labels
+        pred = rng.integers(0, c, size=n) if trial % 2 else y.copy()
+        if trial % 3 == 0:
+            pred[:] = 0  # most classes never predicted
+        p, r, f = macro_prf(y, pred, c)
+        assert p == pytest.approx(precision_score(y, pred, average="macro", zero_division=0))
+        assert r == pytest.approx(recall_score(y, pred, average="macro", zero_division=0))
+        assert f == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
+
+
 def test_confusion_matrix(rng):
     n, c = 120, 5
     logits, y = rng.normal(size=(n, c)), rng.integers(0, c - 1, size=n)

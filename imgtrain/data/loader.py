@@ -49,15 +49,22 @@ class ShardSplit(Dataset):
         self.shard_files = [s["file"] for s in info["shards"]]
         self.counts = [int(s["count"]) for s in info["shards"]]
         self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
-        self.reader = ShardReader([index_shard(self.root / f) for f in self.shard_files])
+        self._reader: Optional[ShardReader] = None  # indexed on first use: a warm data.cache never reads a shard
         self.transform, self.target_fn = transform, target_fn
         self.seed, self.mode = seed, ("RGB" if in_chans == 3 else "L")
         self.task = task
         self.mean, self.std = tuple(mean), tuple(std)  # applied per batch on the device (Normalizer)
         self.draft = draft
+        self.random_transform = True  # False: a deterministic transform, no per-sample seeding (data.cache's build)
         self.decode_to_array = getattr(transform, "takes_array", False)
         # data.decode_on=device: the fast crop path's JPEGs stay compressed; the transform draws their boxes
         self.defer_jpegs = defer_jpegs and self.decode_to_array and self.mode == "RGB"
+
+    @property
+    def reader(self) -> ShardReader:
+        if self._reader is None:
+            self._reader = ShardReader([index_shard(self.root / f) for f in self.shard_files])
+        return self._reader
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -105,7 +112,10 @@ class ShardSplit(Dataset):
             img = decode_image(members[ext], self.mode, self.draft, self.decode_to_array)
         except Exception as e:  # PIL raises many types for broken files
             raise BadSample(f"sample {key} in {self.shard_files[shard]}: undecodable image ({e})") from None
-        with _seeded(self.seed, epoch, index):
+        if self.random_transform:
+            with _seeded(self.seed, epoch, index):
+                image = self.transform(img)
+        else:
             image = self.transform(img)
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(image)
@@ -213,6 +223,7 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 
 def make_loader(dataset: ShardSplit, batches, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    dataset.reader  # index the shards here, once: the workers inherit the index instead of each building its own
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
                       pin_memory=pin_memory, persistent_workers=False,
                       prefetch_factor=4 if num_workers > 0 else None,

@@ -140,6 +140,7 @@ def _build(ds: ShardSplit, path: Path, side: Path, key: dict, shape: tuple, num_
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *shape))
     cls, meta, bad = [None] * n, [None] * n, {}
     batch = 256
+    ds.reader  # indexed once, before the workers start
     loader = DataLoader(ds, batch_sampler=EvalBatches(n, 0, 1, batch), num_workers=num_workers, collate_fn=_keep,
                         worker_init_fn=_ignore_stop_signals if num_workers > 0 else None)
     state = torch.get_rng_state()  # creating a loader draws a seed: the caller's RNG is left as it was
@@ -176,11 +177,13 @@ def open_cache(cfg, info, split: str, *, train: bool, mean, std, log: Callable[[
     if base is not None:
         ds = copy.copy(base)
         ds.transform, ds.target_fn, ds.draft, ds.defer_jpegs = transform, _raw_label, draft, False
+        ds.random_transform = False
         ds.decode_to_array = getattr(transform, "takes_array", False)
         ds.mean, ds.std = tuple(mean), tuple(std)
     else:
         ds = ShardSplit(info.root, info.manifest, split, transform, _raw_label, seed=cfg.trainer.seed,
                         in_chans=d.in_chans, task=info.task, mean=mean, std=std, draft=draft)
+        ds.random_transform = False
     mhash = manifest_hash(info.manifest)
     key = {"format": FORMAT, "manifest": mhash, "split": split, "img_size": d.img_size, "in_chans": d.in_chans,
            "transform": desc}

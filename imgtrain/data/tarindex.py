@@ -10,6 +10,7 @@ import os
 import tarfile
 import warnings
 from dataclasses import dataclass, field
+from typing import Optional
 
 
 def split_member(name: str) -> tuple[str, str]:
@@ -31,20 +32,71 @@ class ShardIndex:
         return len(self.keys)
 
 
+_REGULAR, _DIRECTORY = (b"0", b"\0", b"7"), b"5"
+
+
+def _plain_members(path: str | os.PathLike) -> Optional[list[tuple[str, int, int]]]:
+    """(name, data offset, size) of every regular file of a tar made only of plain ustar headers (what the shard
+    writer makes for ASCII keys), read header by header with pread; None when anything else turns up (a pax or GNU
+    long-name header, a bad checksum, a truncated file, unreadable), and tarfile then does the whole file.
+    Why not tarfile always: its per-member Python costs ~40 us, 7 s at every start for CIFAR's 180,000 members."""
+    out: list[tuple[str, int, int]] = []
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        end, pos = os.fstat(fd).st_size, 0
+        while True:
+            block = os.pread(fd, 512, pos)
+            if len(block) < 512:
+                return None
+            if block.count(0) == 512:  # the end-of-archive marker
+                return out
+            if block[257:262] != b"ustar" or int(block[148:156].rstrip(b"\0 ") or b"-1", 8) != (
+                    sum(block) - sum(block[148:156]) + 8 * 32):
+                return None
+            kind = block[156:157]
+            if block[124] & 0x80 or (kind not in _REGULAR and kind != _DIRECTORY):
+                return None
+            size = int(block[124:136].rstrip(b"\0 ") or b"0", 8)
+            name = block[0:100].split(b"\0", 1)[0].decode("ascii")
+            prefix = block[345:500].split(b"\0", 1)[0].decode("ascii")
+            if prefix:
+                name = f"{prefix}/{name}"
+            if pos + 512 + size > end:
+                return None
+            if kind in _REGULAR:
+                out.append((name, pos + 512, size))
+            pos += 512 + -(-size // 512) * 512
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def index_shard(path: str | os.PathLike) -> ShardIndex:
     index = ShardIndex(str(path))
     by_key: dict[str, int] = {}
+
+    def add(name: str, offset: int, size: int) -> None:
+        key, ext = split_member(name)
+        if key not in by_key:
+            by_key[key] = len(index.keys)
+            index.keys.append(key)
+            index.members.append({})
+        index.members[by_key[key]][ext] = (offset, size)
+
+    plain = _plain_members(path)
+    if plain is not None:
+        for member in plain:
+            add(*member)
+        return index
     try:
         with tarfile.open(path, "r:") as tar:
             for m in tar:
-                if not m.isfile():
-                    continue
-                key, ext = split_member(m.name)
-                if key not in by_key:
-                    by_key[key] = len(index.keys)
-                    index.keys.append(key)
-                    index.members.append({})
-                index.members[by_key[key]][ext] = (m.offset_data, m.size)
+                if m.isfile():
+                    add(m.name, m.offset_data, m.size)
     except (tarfile.TarError, OSError, EOFError) as e:
         index.error = f"{type(e).__name__}: {e}"
     if index.error is not None:
