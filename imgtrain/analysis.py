@@ -36,17 +36,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imgtrain.logs import (DONE, FAILED, INCOMPLETE, NEW, SCHEMA, UnreadablePartWarning, atomic_write_bytes,
-                           iter_run_dirs, read_metrics)
+from imgtrain.logs import SCHEMA, UnreadablePartWarning, atomic_write_bytes, iter_run_dirs, read_metrics
 from imgtrain.logs.atomic import is_temp_name
 from imgtrain.logs.parquet import _plain, read_summary_row
 from imgtrain.logs.parquet import run_offsets as _run_offsets
 from imgtrain.logs.runinfo import is_run_dir
+from imgtrain.runs import DONE, FAILED, INCOMPLETE, NEW, PRUNED, SPLITS, metric_mode
+from imgtrain.runs import run_status as _run_status
+from imgtrain.runs import monitor as _monitor
 
-PRUNED = "PRUNED"  # marker a sweep (successive halving) leaves in a cell it stopped; holds the reason
-SPLITS = ("train", "val", "test")
-# directions of the metrics the tasks log; mirrors imgtrain.tasks.base.metric_mode, which imports torch
-_MIN_METRICS = {"loss", "emd", "mse", "mae"}
 _COUNTS = {"samples", "skipped", "dropped"}  # logged alongside metrics but not metrics to rank by
 _CACHE_VERSION = 3
 # the columns the analysis uses (sweep, attempt and time are not read: less to decode); read_metrics
@@ -131,16 +129,11 @@ def _marker_reason(path: Path) -> Optional[str]:
 
 
 def run_status(run: Path, names: Optional[set[str]] = None) -> tuple[str, Optional[str]]:
-    """(status, reason): read_status's DONE / FAILED / INCOMPLETE / NEW, except that a PRUNED marker,
-    which a sweep writes after the run stopped, wins. One directory listing instead of four stats."""
+    """(status, reason): imgtrain.runs.run_status (PRUNED, DONE, FAILED, INCOMPLETE, NEW) from one
+    directory listing instead of four stats, with the reason a FAILED / PRUNED marker holds."""
     names = set(os.listdir(run)) if names is None else names
-    if PRUNED in names:
-        return PRUNED, _marker_reason(run / PRUNED)
-    if DONE in names:
-        return DONE, None
-    if FAILED in names:
-        return FAILED, _marker_reason(run / FAILED)
-    return (INCOMPLETE if "run.json" in names else NEW), None
+    status = _run_status(run, names)
+    return status, (_marker_reason(run / status) if status in (FAILED, PRUNED) else None)
 
 
 def _read_summary(path: Path) -> dict:
@@ -358,24 +351,24 @@ def _save_cache(cache: _Cache, entries: dict, metrics: pa.Table) -> None:
 
 # ============================================================================ leaderboard
 
-def metric_mode(name: str) -> str:
-    """'max' or 'min' for 'val/acc1', 'emd', 'train/epoch_loss', ... (losses and distances are minimised)."""
-    parts = name.split("/")
-    if parts[0] in SPLITS and len(parts) > 1:
-        parts = parts[1:]
-    return "min" if parts[0].endswith("loss") or parts[0] in _MIN_METRICS else "max"
-
-
 def monitor_of(run: RunInfo, has_val: bool = True) -> tuple[str, str]:
     """(split/metric, 'max'|'min') the run is judged by: the summary's monitor, else the trainer's rule
-    applied to its config (auto: val/acc1 for classification, val/emd for score_distribution)."""
+    (imgtrain.runs.monitor) applied to its config."""
     cfg = run.config
-    monitor = (run.summary or {}).get("monitor") or cfg.get("cfg.trainer.monitor") or "auto"
-    if monitor == "auto":
-        task = cfg.get("cfg.task.name") or "classification"
-        monitor = ("val/emd" if task == "score_distribution" else "val/acc1") if has_val else "train/epoch_loss"
-    mode = cfg.get("cfg.trainer.monitor_mode") or "auto"
-    return monitor, (metric_mode(monitor) if mode == "auto" else mode)
+    metric = (run.summary or {}).get("monitor") or cfg.get("cfg.trainer.monitor")
+    m = _monitor(metric, cfg.get("cfg.trainer.monitor_mode"), task=cfg.get("cfg.task.name"), has_val=has_val,
+                 strict=False)
+    return m.metric, m.mode
+
+
+def _mode_of(metric: str) -> str:
+    """metric_mode for a metric asked for by name (--metric): an unknown direction is a LookupError,
+    which the command line reports as a usage error."""
+    try:
+        return metric_mode(metric)
+    except ValueError as e:
+        raise LookupError(str(e).replace("set trainer.monitor_mode", "rank by a metric of known direction")) \
+            from None
 
 
 def _equal(col: pa.ChunkedArray | pa.Array, value: str) -> np.ndarray:
@@ -493,7 +486,7 @@ def leaderboard(runs: RunSet, metric: Optional[str] = None) -> pa.Table:
     for r in runs.runs:
         monitors[r.run_id] = monitor_of(r, r.run_id in val_runs or r.summary is not None)
         if metric is not None and metric != monitors[r.run_id][0]:
-            monitors[r.run_id] = (metric, metric_mode(metric))
+            monitors[r.run_id] = (metric, _mode_of(metric))
     best = best_values(runs, monitors)
     _check_summaries(runs, monitors, best)
     test = _last_values(runs, "test")
@@ -578,7 +571,7 @@ def board_varied(board: pa.Table) -> list[str]:
 
 def board_mode(board: pa.Table, monitor: str) -> str:
     meta = board.schema.metadata or {}
-    return json.loads(meta.get(b"modes", b"{}")).get(monitor) or metric_mode(monitor)
+    return json.loads(meta.get(b"modes", b"{}")).get(monitor) or _mode_of(monitor)
 
 
 # ============================================================================ text output

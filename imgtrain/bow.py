@@ -65,8 +65,8 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
-from imgtrain.logs import (MetricWriter, atomic_write_bytes, atomic_write_text, compact_metrics, end_attempt, mark_done,
-                           mark_failed, record_failure, read_run, read_status, start_attempt, write_summary)
+from imgtrain import runs
+from imgtrain.logs import MetricWriter, atomic_write_bytes, atomic_write_text, read_run
 
 DETECTORS = ("sift", "orb", "kaze", "freak")  # freak: FAST keypoints + FREAK descriptors
 CLASSIFIERS = ("linear", "rbf", "inter", "rf")
@@ -522,12 +522,10 @@ def log(msg: str) -> None:
 
 class _Cell:
     def __init__(self, p: BowParams, manifest: dict, base: str, detector: str, vocab: int, clf: str):
-        from imgtrain.logs import run_dir
-
         self.detector, self.vocab, self.clf = detector, vocab, clf
         self.cfg = cell_config(p, manifest, base, detector, vocab, clf)
         self.run_id = self.cfg["output"]["run"]
-        self.dir = run_dir(p.root, self.run_id)
+        self.dir = runs.run_path(p.root, self.run_id)
         self.hash = _config_hash(self.cfg)
 
     def check(self) -> Optional[str]:
@@ -536,7 +534,7 @@ class _Cell:
         if info is not None and info.get("config_hash") not in (None, self.hash):
             raise BowError(f"{self.dir} holds a run with other settings (config hash {info.get('config_hash')} != "
                            f"{self.hash}); pass another --run name or move it away")
-        return "DONE" if read_status(self.dir) == "DONE" else None
+        return runs.DONE if runs.read_status(self.dir) == runs.DONE else None
 
 
 def run_grid(p: BowParams) -> int:
@@ -632,80 +630,88 @@ def _run_detector(p: BowParams, manifest: dict, detector: str, by_vocab: dict[in
 
 
 def _fail_unstarted(cell: _Cell, reason: str) -> None:
-    cell.dir.mkdir(parents=True, exist_ok=True)
-    attempt = start_attempt(cell.dir, run_id=cell.run_id, sweep=cell.cfg["output"]["sweep"],
-                            cell=cell.cfg["output"]["cell"], config_hash=cell.hash)
-    end_attempt(cell.dir, attempt, status="FAILED", exit_code=1, reason=reason)
-    mark_failed(cell.dir, reason)
+    """A cell that cannot start (its vocabulary failed): one FAILED attempt and the marker, no traceback."""
+    with runs.attempt(cell.dir, run_id=cell.run_id, sweep=cell.cfg["output"]["sweep"],
+                      cell=cell.cfg["output"]["cell"], config_hash=cell.hash) as attempt:
+        attempt.end(runs.FAILED, 1, reason)
+    runs.mark_failed(cell.dir, reason)
 
 
 def _run_cell(cell: _Cell, p: BowParams, classes: list[str], feats: dict, hist: dict, km, vocab_s: float,
               monitor_split: str) -> tuple[bool, str]:
-    import warnings
-
+    """One cell as one attempt of its run; (ok, the line to log). A failure is recorded in the run
+    directory (FAILED with the traceback) and reported, and the grid goes on."""
     import yaml
-    from sklearn.exceptions import ConvergenceWarning
 
     cfg, rdir = cell.cfg, cell.dir
-    rdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(rdir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-    attempt = start_attempt(rdir, run_id=cell.run_id, sweep=cfg["output"]["sweep"], cell=cfg["output"]["cell"],
-                            config_hash=cell.hash)
-    writer = MetricWriter(rdir, cell.run_id, cfg["output"]["sweep"], attempt)
     t0 = time.perf_counter()
+    attempt = None
     try:
-        tr = feats["train"]
-        clf = make_classifier(cell.clf, C=p.C, trees=p.trees, seed=p.seed, jobs=p.workers, svm_iter=p.svm_iter)
-        y_train = np.asarray(tr.labels)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            clf.fit(hist["train"], y_train)
-        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        fit_s = time.perf_counter() - t0
-        train_acc = float((clf.predict(hist["train"]) == y_train).mean())
-        writer.log_many("train", {"acc1": train_acc, "samples": tr.n, "skipped": len(tr.skipped), "empty": tr.empty,
-                                  "keypoints": tr.keypoints / max(tr.n, 1), "extract_s": tr.seconds,
-                                  "vocab_s": vocab_s, "fit_s": fit_s}, epoch=0, step=0)
-        per_split = {}
-        for split, f in feats.items():
-            if split == "train":
-                continue
-            y = np.asarray(f.labels)
-            metrics, cm = classification_metrics(y, clf.predict(hist[split]), len(classes))
-            metrics.update(samples=f.n, skipped=len(f.skipped), empty=f.empty, keypoints=f.keypoints / max(f.n, 1))
-            writer.log_many(split, metrics, epoch=0, step=0)
-            per_split[split] = {"metrics": metrics, "confusion_matrix": cm.tolist()}
-        writer.flush()
-        wall_s = time.perf_counter() - t0
-        results = {"class_names": classes, "train": {"acc1": train_acc, "samples": tr.n, "empty": tr.empty,
-                                                     "converged": converged}, **per_split}
-        atomic_write_text(rdir / "results.json", json.dumps(results, indent=1))
-        if "test" in per_split:
-            atomic_write_text(rdir / "test_results.json", json.dumps(
-                {"split": "test", "metrics": per_split["test"]["metrics"], "class_names": classes,
-                 "checkpoint": "model.pkl", "confusion_matrix": per_split["test"]["confusion_matrix"]}, indent=1))
-        atomic_write_bytes(rdir / "model.pkl", pickle.dumps(
-            {"vocabulary": km.cluster_centers_.astype(np.float32), "classifier": clf, "detector": asdict(
-                DetectorSpec(cell.detector, p.max_keypoints, p.min_side)), "norm": p.norm, "matcher": p.matcher,
-             "classes": classes}))
-        monitor = f"{monitor_split}/acc1"
-        best = train_acc if monitor_split == "train" else per_split[monitor_split]["metrics"]["acc1"]
-        summary = {"run_id": cell.run_id, "sweep": cfg["output"]["sweep"], "status": "DONE", "monitor": monitor,
-                   "best": best, "best_epoch": 0, "epochs": 1, "steps": 0, "wall_s": wall_s, "gpu_hours": 0.0,
-                   "img_per_s": None, "extract_s": tr.seconds, "vocab_s": vocab_s, "fit_s": fit_s,
-                   "converged": converged,
-                   **{f"test/{k}": v for k, v in per_split.get("test", {}).get("metrics", {}).items() if "/" not in k}}
-        write_summary(rdir, summary, config=cfg)
-        mark_done(rdir)
-        end_attempt(rdir, attempt, status="DONE", exit_code=0)
-        compact_metrics(rdir, strict=False)  # one metrics file per finished run: trees read fast
-    except Exception as e:
-        writer.flush()
-        reason = record_failure(rdir, attempt, e)
-        return False, f"{cell.run_id}: FAILED: {reason}"
+        with runs.attempt(rdir, run_id=cell.run_id, sweep=cfg["output"]["sweep"], cell=cfg["output"]["cell"],
+                          config_hash=cell.hash, config_yaml=yaml.safe_dump(cfg, sort_keys=False)) as attempt, \
+                MetricWriter(rdir, cell.run_id, cfg["output"]["sweep"], attempt.number) as writer:
+            train_acc, per_split, wall_s, converged = _fit_cell(cell, p, classes, feats, hist, km, vocab_s,
+                                                                monitor_split, writer, attempt, t0)
+    except Exception:
+        if attempt is None:  # the attempt could not even be recorded: not this cell's failure
+            raise
+        return False, f"{cell.run_id}: FAILED: {attempt.reason}"
     parts = [f"{s} acc1 {d['metrics']['acc1']:.4f} f1 {d['metrics']['f1']:.4f}" for s, d in per_split.items()]
     return True, (f"{cell.run_id}: train acc1 {train_acc:.4f} | " + " | ".join(parts) + f" ({wall_s:.1f}s"
                   + ("" if converged else "; the solver stopped at its iteration cap, not converged") + ")")
+
+
+def _fit_cell(cell: _Cell, p: BowParams, classes: list[str], feats: dict, hist: dict, km, vocab_s: float,
+              monitor_split: str, writer: MetricWriter, attempt: runs.Attempt, t0: float):
+    """Fit and evaluate the cell's classifier, log its metrics, write its files and say DONE."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    cfg, rdir = cell.cfg, cell.dir
+    tr = feats["train"]
+    clf = make_classifier(cell.clf, C=p.C, trees=p.trees, seed=p.seed, jobs=p.workers, svm_iter=p.svm_iter)
+    y_train = np.asarray(tr.labels)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(hist["train"], y_train)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    fit_s = time.perf_counter() - t0
+    train_acc = float((clf.predict(hist["train"]) == y_train).mean())
+    writer.log_many("train", {"acc1": train_acc, "samples": tr.n, "skipped": len(tr.skipped), "empty": tr.empty,
+                              "keypoints": tr.keypoints / max(tr.n, 1), "extract_s": tr.seconds,
+                              "vocab_s": vocab_s, "fit_s": fit_s}, epoch=0, step=0)
+    per_split = {}
+    for split, f in feats.items():
+        if split == "train":
+            continue
+        y = np.asarray(f.labels)
+        metrics, cm = classification_metrics(y, clf.predict(hist[split]), len(classes))
+        metrics.update(samples=f.n, skipped=len(f.skipped), empty=f.empty, keypoints=f.keypoints / max(f.n, 1))
+        writer.log_many(split, metrics, epoch=0, step=0)
+        per_split[split] = {"metrics": metrics, "confusion_matrix": cm.tolist()}
+    writer.flush()
+    wall_s = time.perf_counter() - t0
+    results = {"class_names": classes, "train": {"acc1": train_acc, "samples": tr.n, "empty": tr.empty,
+                                                 "converged": converged}, **per_split}
+    atomic_write_text(rdir / "results.json", json.dumps(results, indent=1))
+    if "test" in per_split:
+        atomic_write_text(rdir / "test_results.json", json.dumps(
+            {"split": "test", "metrics": per_split["test"]["metrics"], "class_names": classes,
+             "checkpoint": "model.pkl", "confusion_matrix": per_split["test"]["confusion_matrix"]}, indent=1))
+    atomic_write_bytes(rdir / "model.pkl", pickle.dumps(
+        {"vocabulary": km.cluster_centers_.astype(np.float32), "classifier": clf, "detector": asdict(
+            DetectorSpec(cell.detector, p.max_keypoints, p.min_side)), "norm": p.norm, "matcher": p.matcher,
+         "classes": classes}))
+    monitor = f"{monitor_split}/acc1"
+    best = train_acc if monitor_split == "train" else per_split[monitor_split]["metrics"]["acc1"]
+    row = runs.summary(run_id=cell.run_id, sweep=cfg["output"]["sweep"], monitor=monitor, best=best,
+                       best_epoch=0, epochs=1, steps=0, wall_s=wall_s, gpu_hours=0.0, img_per_s=None,
+                       extract_s=tr.seconds, vocab_s=vocab_s, fit_s=fit_s, converged=converged,
+                       **{f"test/{k}": v for k, v in per_split.get("test", {}).get("metrics", {}).items()
+                          if "/" not in k})
+    attempt.done(row, config=cfg)  # run.json's end and the compaction follow when the attempt closes
+    return train_acc, per_split, wall_s, converged
 
 
 # =============================================================================== command line

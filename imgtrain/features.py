@@ -38,7 +38,8 @@ from imgtrain.data import Normalizer, make_loader
 from imgtrain.engine import dist
 from imgtrain.engine.dist import DistEnv
 from imgtrain.evaluation import EvalError, LoadedModel, _figure, save_figure, sample_keys, write_csv
-from imgtrain.logs import MetricWriter, atomic_write_bytes, atomic_write_text, mark_done, write_summary
+from imgtrain import runs
+from imgtrain.logs import MetricWriter, atomic_write_bytes, atomic_write_text
 
 FORMAT = "imgtrain-features/1"
 PRE_LOGITS = "pre_logits"
@@ -623,9 +624,8 @@ def _write_cell_run(run_dir: Path, row: dict, sweep: str, features_cfg: dict, sv
     gamma = None if cell.gamma is None else str(cell.gamma)
     config = {"svm": {"kernel": cell.kernel, "C": cell.C, "gamma": gamma, **svm_cfg}, "features": features_cfg}
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    summary = {"run_id": row["run_id"], "sweep": sweep, "status": "DONE", "monitor": "val/acc1",
-               "best": row["cv_acc1"], "best_epoch": 0, "epochs": 1, "steps": 0, "wall_s": row["fit_s"],
-               "gpu_hours": 0.0, "img_per_s": 0.0}
+    summary = runs.summary(run_id=row["run_id"], sweep=sweep, monitor="val/acc1", best=row["cv_acc1"],
+                           best_epoch=0, epochs=1, steps=0, wall_s=row["fit_s"], gpu_hours=0.0, img_per_s=0.0)
     if test is not None:
         summary.update({f"test/{k}": v for k, v in scalars.items()})
         results = {"split": val.manifest.get("split", "val"), "metrics": scalars,
@@ -633,8 +633,7 @@ def _write_cell_run(run_dir: Path, row: dict, sweep: str, features_cfg: dict, sv
                    "scores": svm_cfg["scores"], "confusion_matrix": test["confusion_matrix"],
                    "per_class": test["per_class"]}
         atomic_write_text(run_dir / "test_results.json", json.dumps(results, indent=1))
-    write_summary(run_dir, summary, config=config)
-    mark_done(run_dir)
+    runs.finish(run_dir, summary, config=config)
 
 
 def svm_markdown(study: SvmStudy, name: str) -> str:

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from imgtrain import config as C
-from imgtrain.engine.signals import REQUEUE_EXIT_CODE  # light: no torch
-from imgtrain.logs.runinfo import (DONE, FAILED, clear_markers, end_attempt, failure_reason, mark_failed, read_run,
-                                   read_status, resolve_root, start_attempt)
+from imgtrain import runs
+from imgtrain.logs.runinfo import end_attempt, read_run, resolve_root, start_attempt
+from imgtrain.runs import (DONE, FAILED, REQUEUE_EXIT_CODE, STOPPED, clear_markers, failure_reason, mark_failed,
+                           read_status)
 
 CHECK_OK, CHECK_BAD_CONFIG, CHECK_DONE, CHECK_FAILED = 0, 2, 10, 11
 STOPS = ("none", "requeue", "slurm", "cancel")
@@ -62,7 +63,7 @@ def job_attempts(info: Optional[dict], job_id: Optional[str]) -> list[dict]:
 
 
 def failed_attempts(info: Optional[dict], job_id: Optional[str]) -> int:
-    return sum(1 for a in job_attempts(info, job_id) if a.get("status") == "FAILED")
+    return sum(1 for a in job_attempts(info, job_id) if a.get("status") == FAILED)
 
 
 def tail(path: Optional[str], lines: int = TAIL_LINES) -> str:
@@ -112,20 +113,14 @@ def _link_logs(rdir: Path, paths: Sequence[str], job_id: Optional[str]) -> None:
             _say(f"cannot link {p} into {logs}: {e}")
 
 
-def run_id_and_dir(cfg: C.Config) -> tuple[str, Path]:
-    """The engine's run id and run directory (trainer.run_id_for, run_dir_for; a test keeps them
-    equal) without importing torch: a DONE run is recognised in a fraction of a second."""
-    run_id = cfg.output.run or f"{cfg.name}-{C.config_hash(cfg)[:8]}"
-    return run_id, (resolve_root(cfg.output.root) / "runs" / run_id).resolve()
-
-
 def cmd_check(args) -> int:
     try:
         cfg = C.load(args.config, args.overrides)
     except C.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return CHECK_BAD_CONFIG
-    run_id, rdir = run_id_and_dir(cfg)
+    # imgtrain.runs imports no torch: a DONE run is recognised in a fraction of a second
+    run_id, rdir = runs.run_id(cfg), runs.run_dir(cfg).resolve()
     info = read_run(rdir)
     status = read_status(rdir)
     attempts = len((info or {}).get("attempts", []))
@@ -180,13 +175,13 @@ def decide(run_dir: str | os.PathLike, *, job_id: Optional[str], attempts_before
     info = read_run(rdir)
     attempt = _this_attempt(info, attempts_before)
     where = f"job {job_id} on {socket.gethostname()}"
-    if stop != "none" and not (attempt is not None and attempt.get("status") == "FAILED"):
-        if attempt is not None and attempt.get("status") == "running":
-            end_attempt(rdir, attempt["attempt"], status="STOPPED", exit_code=exit_code,
+    if stop != "none" and not (attempt is not None and attempt.get("status") == FAILED):
+        if attempt is not None and attempt.get("status") == runs.RUNNING:
+            end_attempt(rdir, attempt["attempt"], status=STOPPED, exit_code=exit_code,
                         reason=f"the step ended (exit {exit_code}) after a stop signal, before the trainer "
                                f"recorded its end ({where})")
         return {"requeue": "requeue", "slurm": "slurm", "cancel": "cancelled"}[stop]
-    if stop == "none" and attempt is not None and attempt.get("status") == "STOPPED":
+    if stop == "none" and attempt is not None and attempt.get("status") == STOPPED:
         return "requeue"  # a worker was signalled directly (scancel --signal without --batch)
 
     # a real failure of this attempt
@@ -211,9 +206,9 @@ def decide(run_dir: str | os.PathLike, *, job_id: Optional[str], attempts_before
                 os.environ.pop("SLURM_JOB_ID", None)
             else:
                 os.environ["SLURM_JOB_ID"] = saved
-        end_attempt(rdir, number, status="FAILED", exit_code=exit_code, reason=reason)
-    elif attempt.get("status") != "FAILED":
-        end_attempt(rdir, attempt["attempt"], status="FAILED", exit_code=exit_code, reason=reason)
+        end_attempt(rdir, number, status=FAILED, exit_code=exit_code, reason=reason)
+    elif attempt.get("status") != FAILED:
+        end_attempt(rdir, attempt["attempt"], status=FAILED, exit_code=exit_code, reason=reason)
     info = read_run(rdir)
     failures = failed_attempts(info, job_id)
     if failures >= max_attempts:

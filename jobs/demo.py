@@ -44,13 +44,13 @@ def main() -> int:
     print("== 3/3 results", flush=True)
     from imgtrain import config as C
     from imgtrain.analysis import plot_learning_curves
-    from imgtrain.engine.trainer import run_id_for
+    from imgtrain import runs
     from imgtrain.logs import read_metrics
 
     cfg = C.load(ROOT / "jobs/configs/digits.yaml", [f"data.path={shards_dir}", f"output.root={out}", *args.overrides])
-    run_dir = out / "runs" / run_id_for(cfg)
+    run_dir = runs.run_dir(cfg)
     table = read_metrics(run_dir)
-    png = plot_learning_curves(table, run_id_for(cfg), run_dir / "learning_curve.png")
+    png = plot_learning_curves(table, runs.run_id(cfg), run_dir / "learning_curve.png")
     test = json.loads((run_dir / "test_results.json").read_text())["metrics"]
     print(f"run directory   {run_dir}")
     print(f"parquet metrics {run_dir / 'metrics'} ({table.num_rows} rows)")

@@ -14,7 +14,8 @@ import pytest
 from conftest import PY, ROOT
 from imgtrain import config as C
 from imgtrain import launch
-from imgtrain.logs.runinfo import end_attempt, read_run, read_status, start_attempt
+from imgtrain.logs.runinfo import end_attempt, read_run, start_attempt
+from imgtrain.runs import read_status
 
 RECIPE_CONFIGS = ["ava_vit", "cifar10_convmixer", "cifar100_vit_finetune", "clipart_vgg19"]
 
@@ -136,14 +137,6 @@ def test_check_cli(digits_shards, tmp_path, capsys):
     assert read_status(rdir) != "FAILED"
     (rdir / "DONE").write_text("x\n")
     assert launch.main(args) == launch.CHECK_DONE
-
-
-@pytest.mark.parametrize("overrides", [[], ["output.run=mine"], ["optim.lr=0.5", "output.root=/x/y"]])
-def test_check_finds_the_engines_run_dir(overrides, monkeypatch, tmp_path):
-    from imgtrain.engine.trainer import run_dir_for, run_id_for
-    monkeypatch.chdir(tmp_path)
-    cfg = C.load(ROOT / "jobs/configs/ava_vit.yaml", ["model.pretrained_path=w", *overrides])
-    assert launch.run_id_and_dir(cfg) == (run_id_for(cfg), run_dir_for(cfg).resolve())
 
 
 def test_paths_cli(tmp_path, capsys):

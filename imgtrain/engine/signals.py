@@ -1,7 +1,7 @@
 """SIGUSR1/SIGTERM -> a stop request read at the next optimizer-step boundary (DESIGN §5).
 
 The handler only sets a flag: the loop finishes its step, all ranks agree, `last.pt` is written and
-the process exits with REQUEUE_EXIT_CODE, which the batch script and sweeps read as "requeue me".
+the process exits with imgtrain.runs.REQUEUE_EXIT_CODE, which the batch script and sweeps read as "requeue me".
 A second signal while saving changes nothing.
 
 A worker spends seconds importing torch before the trainer installs its handler; an entry point that
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 
-REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: stopped cleanly on a signal, resume me
+from imgtrain.runs import REQUEUE_EXIT_CODE  # noqa: F401 (the exit status of a stop, owned by the run)
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 _early: list[int] = []  # a stop signal received before any StopRequest was installed

@@ -35,10 +35,11 @@ from imgtrain.engine.checkpoint import Checkpointer, rng_state, set_rng_state
 from imgtrain.engine.evaluate import evaluate, top1_correct
 from imgtrain.engine.optim import (build_optimizer, build_scheduler, current_lr, load_scheduler_state,
                                    scheduler_state)
-from imgtrain.engine.signals import REQUEUE_EXIT_CODE, StopRequest
-from imgtrain.logs import (MetricWriter, Progress, compact_metrics, end_attempt, mark_done, read_status,
-                           record_failure, resolve_root, start_attempt, write_summary)
+from imgtrain import runs
+from imgtrain.engine.signals import StopRequest
+from imgtrain.logs import MetricWriter, Progress
 from imgtrain.logs.atomic import atomic_write_text
+from imgtrain.runs import DONE, REQUEUE_EXIT_CODE, STOPPED
 
 
 @dataclass
@@ -64,17 +65,9 @@ class TrainState:
 @dataclass
 class RunResult:
     run_dir: Path
-    status: str  # DONE | STOPPED | FAILED
+    status: str  # runs.DONE | runs.STOPPED (exit REQUEUE_EXIT_CODE)
     exit_code: int
     metrics: dict = field(default_factory=dict)
-
-
-def run_id_for(cfg: C.Config) -> str:
-    return cfg.output.run or f"{cfg.name}-{C.config_hash(cfg)[:8]}"
-
-
-def run_dir_for(cfg: C.Config) -> Path:
-    return resolve_root(cfg.output.root) / "runs" / run_id_for(cfg)
 
 
 def _autocast(cfg: C.Config, device: torch.device):
@@ -102,43 +95,32 @@ def train(cfg: C.Config) -> RunResult:
 
 def run(cfg: C.Config, env: dist.DistEnv, batch_source=None) -> RunResult:
     """Bookkeeping around Trainer.fit(): DONE runs are left alone, every attempt is recorded."""
-    rdir, run_id = run_dir_for(cfg), run_id_for(cfg)
-    if read_status(rdir) == "DONE":
+    rdir, run_id = runs.run_dir(cfg), runs.run_id(cfg)
+    if runs.read_status(rdir) == DONE:
         if env.is_main:
             print(f"[imgtrain] run {run_id} is already DONE ({rdir}); nothing to do", flush=True)
-        return RunResult(rdir, "DONE", 0)
+        return RunResult(rdir, DONE, 0)
     # every rank's host (distinct, in rank order): run.json says where each attempt ran
     hosts = list(dict.fromkeys(dist.gather_objects(env, socket.gethostname())))
-    if env.is_main:
-        rdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(rdir / "config.yaml", C.to_yaml(cfg))
-        attempt = start_attempt(rdir, run_id=run_id, sweep=cfg.output.sweep, cell=cfg.output.cell,
-                                config_hash=C.config_hash(cfg), world_size=env.world, hosts=hosts)
-    attempt = dist.broadcast_object(env, attempt if env.is_main else None)
-    stop = StopRequest().install()
     # trainer.deterministic switches process-wide torch flags: a later run in this process (sweep debug
     # executor, tests) must not inherit them (on GPU an op without a deterministic kernel would then fail)
     flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.benchmark)
-    trainer = None
-    try:
-        trainer = Trainer(cfg, env, attempt, stop, batch_source=batch_source)
-        result = trainer.fit()
-    except BaseException as e:
-        if trainer is not None:
-            trainer.close()
-        if env.is_main:
-            record_failure(rdir, attempt, e)
-        raise
-    finally:
-        stop.uninstall()
-        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
-        torch.backends.cudnn.benchmark = flags[2]
-    trainer.close()
-    if env.is_main:
-        end_attempt(rdir, attempt, status=result.status, exit_code=result.exit_code)
-        if result.status == "DONE":  # its parts become one file: trees of finished runs read fast
-            compact_metrics(rdir, strict=False)
+    # rank 0 records the attempt (run.json; FAILED and compaction if anything below raises, DONE's
+    # compaction at the end); the trainer is closed before that, so its metric rows are in the parts
+    with runs.attempt(rdir, run_id=run_id, sweep=cfg.output.sweep, cell=cfg.output.cell,
+                      config_hash=C.config_hash(cfg), world_size=env.world, hosts=hosts,
+                      config_yaml=C.to_yaml(cfg), write=env.is_main) as attempt:
+        number = dist.broadcast_object(env, attempt.number)
+        stop = StopRequest().install()
+        try:
+            with contextlib.closing(Trainer(cfg, env, number, stop, batch_source=batch_source)) as trainer:
+                result = trainer.fit()
+        finally:
+            stop.uninstall()
+            torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+            torch.backends.cudnn.benchmark = flags[2]
+        attempt.end(result.status, result.exit_code)
     # the first rank to exit 75 makes torchrun and srun (--kill-on-bad-exit) kill the others: none leaves
     # before rank 0 has recorded the attempt
     dist.barrier(env)
@@ -161,7 +143,7 @@ class Trainer:
                  batch_source: Optional[Callable] = None):
         self.cfg, self.env, self.attempt = cfg, env, attempt
         self.stop = stop if stop is not None else StopRequest()
-        self.run_id, self.rdir, self.chash = run_id_for(cfg), run_dir_for(cfg), C.config_hash(cfg)
+        self.run_id, self.rdir, self.chash = runs.run_id(cfg), runs.run_dir(cfg), C.config_hash(cfg)
         self.batch_source = batch_source
         seed_everything(cfg.trainer.seed + env.rank)
         if cfg.trainer.deterministic:
@@ -249,18 +231,12 @@ class Trainer:
             print(f"[imgtrain] {msg}", flush=True)
 
     def _monitor(self) -> tuple[str, str]:
-        metric, mode = self.cfg.trainer.monitor, self.cfg.trainer.monitor_mode
-        if metric == "auto":
-            metric = self.task.monitor_default[0] if self.val_ds is not None else "train/epoch_loss"
-        if mode == "auto":
-            mode = self.task.mode(metric.split("/", 1)[-1])
-        return metric, mode
+        # the split exists only if the data set has it: the same rule sweep status and analysis apply
+        m = runs.monitor_of(self.cfg, has_val=self.val_ds is not None)
+        return m.metric, m.mode
 
     def _improved(self, value: float) -> bool:
-        best, delta = self.state.best, self.cfg.trainer.min_delta
-        if best is None:
-            return True
-        return value > best + delta if self.mode == "max" else value < best - delta
+        return runs.Monitor(self.monitor, self.mode).improved(value, self.state.best, self.cfg.trainer.min_delta)
 
     def _tick(self) -> None:
         """Add the time since the last tick to the run's wall time (kept across attempts)."""
@@ -374,14 +350,14 @@ class Trainer:
         if reason == "pause":
             self.log(f"paused after epoch {state.epoch} (trainer.stop_after_epochs={pause_at}); checkpoint written, "
                      f"exit {REQUEUE_EXIT_CODE}")
-            return RunResult(self.rdir, "STOPPED", REQUEUE_EXIT_CODE)
+            return RunResult(self.rdir, STOPPED, REQUEUE_EXIT_CODE)
         if reason == "signal":
             self.log(f"stopped by {self.stop.name or 'a signal on another rank'} at epoch {state.epoch} step "
                      f"{state.step}; checkpoint written, exit {REQUEUE_EXIT_CODE} (requeue me)")
-            return RunResult(self.rdir, "STOPPED", REQUEUE_EXIT_CODE)
+            return RunResult(self.rdir, STOPPED, REQUEUE_EXIT_CODE)
         test_metrics = self.test()
         self.finish(test_metrics)
-        return RunResult(self.rdir, "DONE", 0, test_metrics)
+        return RunResult(self.rdir, DONE, 0, test_metrics)
 
     def epoch_batches(self, epoch: int) -> tuple[Iterable[dict], int]:
         """(batches of this rank for the rest of the epoch, how many of them to use)."""
@@ -639,14 +615,13 @@ class Trainer:
         state, env = self.state, self.env
         if env.is_main:
             self.writer.flush()
-            summary = {"run_id": self.run_id, "sweep": self.cfg.output.sweep, "status": "DONE",
-                       "monitor": self.monitor, "best": state.best, "best_epoch": state.best_epoch,
-                       "epochs": state.epoch, "steps": state.step, "wall_s": state.wall_s,
-                       "gpu_hours": state.wall_s * env.world / 3600 if env.device.type == "cuda" else 0.0,
-                       "img_per_s": state.images / state.wall_s if state.wall_s else 0.0,
-                       **{f"test/{k}": v for k, v in test_metrics.items() if "/" not in k}}
-            write_summary(self.rdir, summary, config=self.cfg)
-            mark_done(self.rdir)
+            row = runs.summary(run_id=self.run_id, sweep=self.cfg.output.sweep, monitor=self.monitor,
+                               best=state.best, best_epoch=state.best_epoch, epochs=state.epoch, steps=state.step,
+                               wall_s=state.wall_s,
+                               gpu_hours=state.wall_s * env.world / 3600 if env.device.type == "cuda" else 0.0,
+                               img_per_s=state.images / state.wall_s if state.wall_s else 0.0,
+                               **{f"test/{k}": v for k, v in test_metrics.items() if "/" not in k})
+            runs.finish(self.rdir, row, config=self.cfg)
             best = "n/a" if state.best is None else f"{state.best:.4f} at epoch {state.best_epoch + 1}"
             self.log(f"done: {state.epoch} epochs, {state.step} steps in {state.wall_s:.1f}s; "
                      f"best {self.monitor} {best}")
@@ -710,7 +685,7 @@ def main(argv=None) -> int:
             print("config check failed:\n  " + "\n  ".join(problems), file=sys.stderr)
             return 2
         print(C.to_yaml(cfg), end="")
-        print(f"# run id: {run_id_for(cfg)}  config hash: {C.config_hash(cfg)}  "
-              f"run dir: {run_dir_for(cfg)}")
+        print(f"# run id: {runs.run_id(cfg)}  config hash: {C.config_hash(cfg)}  "
+              f"run dir: {runs.run_dir(cfg)}")
         return 0
     return train(cfg).exit_code

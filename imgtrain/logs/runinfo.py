@@ -1,5 +1,6 @@
-"""Run directory bookkeeping (DESIGN §2): where runs live, run.json with one entry per attempt,
-and the DONE / FAILED markers. Only rank 0 calls the writing functions."""
+"""Run directory bookkeeping (DESIGN §2): where runs live and run.json with one entry per attempt.
+The run itself (id, directory, status markers, the attempt lifecycle) is imgtrain.runs, built on this.
+Only rank 0 calls the writing functions."""
 from __future__ import annotations
 
 import functools
@@ -13,15 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from imgtrain.logs.atomic import atomic_write_text, fsync_dir, is_temp_name
+from imgtrain.logs.atomic import atomic_write_text, is_temp_name
 
 RUN_JSON = "run.json"
-DONE = "DONE"
-FAILED = "FAILED"
-# read_status values; a run is NEW until start_attempt writes run.json
-NEW = "NEW"
-INCOMPLETE = "INCOMPLETE"  # run.json without a marker: running now, waiting for a requeue, or died
-STATUSES = (NEW, INCOMPLETE, DONE, FAILED)
 
 VERSION_PACKAGES = ("imgtrain", "torch", "torchvision", "timm", "numpy", "pyarrow", "webdataset", "deepspeed")
 # attempt fields read from the environment when SLURM (or submitit on SLURM) started us
@@ -44,12 +39,6 @@ def resolve_root(cfg_root: str | os.PathLike | None = None) -> Path:
     """The output root: `output.root`, else $IMGTRAIN_ROOT, else "."; runs live in <root>/runs/<run_id>."""
     root = cfg_root or os.environ.get("IMGTRAIN_ROOT") or "."
     return Path(root).expanduser()
-
-
-def run_dir(root: str | os.PathLike, run_id: str) -> Path:
-    if not run_id or run_id in (".", "..") or "/" in run_id or os.sep in run_id or is_temp_name(run_id):
-        raise ValueError(f"invalid run id {run_id!r}: it names a directory under runs/")
-    return Path(root) / "runs" / run_id
 
 
 def is_run_dir(path: Path) -> bool:
@@ -219,66 +208,3 @@ def end_attempt(
         raise ValueError(f"{run_dir / RUN_JSON}: no attempt {attempt} to end")
     entry.update(end=now_iso(), exit=exit_code, status=status, reason=reason)
     _write_run(run_dir, info)
-
-
-# --------------------------------------------------------------------------- markers
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return
-    fsync_dir(path.parent)
-
-
-def mark_done(run_dir: str | os.PathLike) -> None:
-    run_dir = Path(run_dir)
-    _remove(run_dir / FAILED)
-    atomic_write_text(run_dir / DONE, now_iso() + "\n")
-
-
-def mark_failed(run_dir: str | os.PathLike, reason: str) -> None:
-    run_dir = Path(run_dir)
-    _remove(run_dir / DONE)
-    atomic_write_text(run_dir / FAILED, f"{reason.rstrip()}\n")
-
-
-def record_failure(run_dir: str | os.PathLike, attempt: int, exc: BaseException) -> str:
-    """Close the attempt as FAILED, write the FAILED marker with the traceback and compact the metric
-    parts (call inside `except`, after the metric writer is closed). A KeyboardInterrupt ends the
-    attempt but leaves no marker: nothing is wrong with the run."""
-    import traceback
-    reason = f"{type(exc).__name__}: {exc}"
-    end_attempt(run_dir, attempt, status="FAILED", exit_code=1, reason=reason)
-    if not isinstance(exc, KeyboardInterrupt):
-        mark_failed(run_dir, reason + "\n\n" + traceback.format_exc())
-        # the run has ended: its parts become one file, as at DONE (a retry's parts go beside it)
-        from imgtrain.logs.parquet import compact_metrics
-        compact_metrics(run_dir, strict=False)
-    return reason
-
-
-def clear_markers(run_dir: str | os.PathLike) -> None:
-    """Forget DONE/FAILED, e.g. before running a failed run again."""
-    for name in (DONE, FAILED):
-        _remove(Path(run_dir) / name)
-
-
-def read_status(run_dir: str | os.PathLike) -> str:
-    """DONE or FAILED from the markers; INCOMPLETE when run.json exists without one (running,
-    preempted and waiting for a requeue, or dead: only the scheduler can tell which); NEW otherwise."""
-    run_dir = Path(run_dir)
-    if (run_dir / DONE).is_file():
-        return DONE
-    if (run_dir / FAILED).is_file():
-        return FAILED
-    if (run_dir / RUN_JSON).is_file():
-        return INCOMPLETE
-    return NEW
-
-
-def failure_reason(run_dir: str | os.PathLike) -> Optional[str]:
-    try:
-        return (Path(run_dir) / FAILED).read_text().strip()
-    except FileNotFoundError:
-        return None

@@ -116,7 +116,7 @@ def launch(sweep: Sweep, opts: Options, extra: Sequence[str] = (), only: Optiona
                 raise PreflightError("preflight failed, nothing submitted:\n  " + "\n  ".join(problems[:20]) +
                                      (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else ""))
         if opts.retry_failed:
-            from imgtrain.logs import clear_markers
+            from imgtrain.runs import clear_markers
             for st in chosen:
                 if st.state == "failed":
                     clear_markers(st.run_dir)
@@ -269,19 +269,19 @@ def wait_slurm(sweep: Sweep, cell_ids: set[str], records: SweepDir, poll_s: floa
 # ------------------------------------------------------------------------------------------ local
 
 def _outcome(run_dir: Path, rc: Optional[int], extra: Sequence[str]) -> str:
-    from imgtrain.logs.runinfo import failure_reason, read_status
+    from imgtrain.runs import DONE, FAILED, REQUEUE_EXIT_CODE, failure_reason, read_status
     status = read_status(run_dir)
-    if status == "DONE":
+    if status == DONE:
         return "DONE"
-    if status == "FAILED":
+    if status == FAILED:
         reason = (failure_reason(run_dir) or "").splitlines()
         return "FAILED" + (f": {reason[0]}" if reason else "")
     rung = next((int(o.split("=", 1)[1]) for o in extra if o.startswith("trainer.stop_after_epochs=")), None)
-    if rung is not None and rc in (0, 75):
+    if rung is not None and rc in (0, REQUEUE_EXIT_CODE):
         from imgtrain.sweep.job import epochs_done
         if epochs_done(run_dir) >= rung:
             return f"PAUSED at epoch {rung}"
-    if rc == 75:
+    if rc == REQUEUE_EXIT_CODE:
         return "STOPPED (last.pt written; run the sweep again to resume)"
     if rc == 2:
         return "FAILED: config error (see the log)"

@@ -22,17 +22,15 @@ Needs the engine's `trainer.stop_after_epochs` (volatile: not in the config hash
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Optional
 
 from imgtrain import config as C
-from imgtrain.logs import compact_metrics
-from imgtrain.logs.atomic import atomic_write_text
+from imgtrain.runs import mark_pruned, metric_mode, read_pruned
 from imgtrain.sweep.executors import Options, launch, say, wait_slurm
 from imgtrain.sweep.records import SweepDir, now_iso
 from imgtrain.sweep.spec import Cell, SpecError, Sweep
-from imgtrain.sweep.status import PRUNED, cell_states, counts, format_counts, monitor_of, read_pruned
+from imgtrain.sweep.status import cell_states, counts, format_counts, monitor_of
 
 HOOK = "trainer.stop_after_epochs"
 
@@ -55,8 +53,13 @@ def halving_metric(sweep: Sweep) -> tuple[str, str]:
     h = sweep.halving
     pairs = {monitor_of(c.config) for c in sweep.cells}
     if h.metric:
-        from imgtrain.sweep.status import metric_mode
-        return h.metric, h.mode or metric_mode(h.metric)
+        if h.mode:
+            return h.metric, h.mode
+        try:
+            return h.metric, metric_mode(h.metric)
+        except ValueError:
+            raise SpecError(f"sweep {sweep.name}: no known direction for metric '{h.metric}'; set mode: max or "
+                            "min in the sweep file") from None
     if len(pairs) != 1:
         raise SpecError(f"sweep {sweep.name}: cells monitor different metrics {sorted(pairs)}; set metric: in the "
                         "sweep file")
@@ -154,10 +157,7 @@ def run(sweep: Sweep, opts: Options) -> int:
         racing = [st.cell for st in entered if st.state != "failed"]
         d = decide(sweep, rung, racing, metric, mode)
         for cid, marker in d["pruned"].items():
-            rdir = sweep.run_dir(sweep.by_id()[cid])
-            if read_pruned(rdir) is None:
-                atomic_write_text(rdir / PRUNED, json.dumps(marker, indent=1) + "\n")
-                compact_metrics(rdir, strict=False)  # stopped for good: one metrics file, as a DONE run has
+            mark_pruned(sweep.run_dir(sweep.by_id()[cid]), marker)  # + compaction: stopped for good
         log.setdefault("rungs", {})[str(rung)] = {
             "time": now_iso(), "entered": [c.id for c in racing], "failed": [st.cell.id for st in failed],
             "values": d["values"], "kept": d["kept"], "pruned": list(d["pruned"]), "threshold": d["threshold"]}

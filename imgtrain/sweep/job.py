@@ -30,7 +30,8 @@ from typing import Optional
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-REQUEUE_EXIT_CODE = 75
+from imgtrain import runs
+from imgtrain.runs import REQUEUE_EXIT_CODE
 
 
 def _say(msg: str) -> None:
@@ -107,26 +108,27 @@ class CellJob(Checkpointable):
             cfg = C.load(self.config, self.overrides)
         except C.ConfigError as e:
             if run_dir is not None:
-                from imgtrain.logs import mark_failed
                 run_dir.mkdir(parents=True, exist_ok=True)
-                mark_failed(run_dir, f"config error when the job started: {e}")
+                runs.mark_failed(run_dir, f"config error when the job started: {e}")
             raise
-        from imgtrain.engine.trainer import run_dir_for, train
-        run_dir = run_dir_for(cfg)
+        from imgtrain.engine.trainer import train
+        run_dir = runs.run_dir(cfg)
         if stop["signal"]:
             _say(f"{stop['signal']} before training started")
             return self._stopped(run_dir, cfg)
         result = train(cfg)
-        if result.status == "DONE":
-            return {"status": "DONE", "run_dir": str(result.run_dir)}
+        if result.status == runs.DONE:
+            return {"status": runs.DONE, "run_dir": str(result.run_dir)}
         return self._stopped(run_dir, cfg)
 
     def _run_dir(self) -> Optional[Path]:
+        """The run dir from the overrides alone (the sweep sets output.run), so a config that no longer
+        loads still gets its FAILED marker."""
         vals = dict(o.split("=", 1) for o in self.overrides if "=" in o)
         if "output.run" not in vals:
             return None
         from imgtrain.logs.runinfo import resolve_root
-        return resolve_root(vals.get("output.root")) / "runs" / vals["output.run"]
+        return runs.run_path(resolve_root(vals.get("output.root")), vals["output.run"])
 
     def _stopped(self, run_dir: Path, cfg) -> dict:
         """STOPPED: paused at a halving rung (done for now), or stopped by a signal (requeue or not)."""
@@ -136,7 +138,7 @@ class CellJob(Checkpointable):
             return {"status": "PAUSED", "run_dir": str(run_dir), "rung": rung}
         task = slurm_task_id()
         if task is None:  # not under SLURM: whoever started us starts us again
-            return {"status": "STOPPED", "run_dir": str(run_dir)}
+            return {"status": runs.STOPPED, "run_dir": str(run_dir)}
         rank = int(os.environ.get("SLURM_PROCID", "0"))
         state = slurm_job_state(task)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)

@@ -42,6 +42,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from imgtrain import config as C
+from imgtrain import runs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -237,7 +238,7 @@ class Sweep:
         return cell.describe(skip_seed="trainer.seed" not in self.axes)
 
     def run_dir(self, cell: Cell) -> Path:
-        return self.root / "runs" / cell.run_id
+        return runs.run_path(self.root, cell.run_id)
 
     def by_id(self) -> dict[str, Cell]:
         return {c.id: c for c in self.cells}
@@ -613,7 +614,7 @@ def _expand(name, path, config_path, raw_cells, shared, halving, res_base, axis_
         if cid in seen:
             warnings.append(f"cell {desc} repeats cell {cells[seen[cid]].id}; kept once")
             continue
-        run_id = f"{name}-{cid}"
+        run_id = runs.sweep_run_id(name, cid)
         cfg = _with(base, {**values, "output.run": run_id, "output.sweep": name, "output.cell": cid,
                            "output.root": str(root_path)})
         overrides = shared_texts + [override_text(k, v) for k, v in values.items()] + [

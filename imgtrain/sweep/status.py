@@ -16,7 +16,6 @@ Cell states:
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -24,49 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from imgtrain import runs
+from imgtrain.runs import DONE, FAILED, INCOMPLETE, NEW, PRUNED, read_pruned
 from imgtrain.sweep.records import SlurmQuery, SweepDir
 from imgtrain.sweep.spec import Cell, Sweep
 
 STATES = ("new", "pending", "running", "stopped", "done", "failed", "pruned", "changed")
-PRUNED = "PRUNED"
-
-_MAX = {"acc", "acc1", "acc5", "acc_class", "precision", "recall", "f1", "srcc", "lcc", "img_per_s"}
-_MIN = {"loss", "emd", "mse", "mae"}
-
-
-def metric_mode(metric: str) -> str:
-    """Direction of a metric (mirrors imgtrain.tasks.base.metric_mode, without importing torch)."""
-    parts = metric.split("/")
-    if parts[0] in ("train", "val", "test") and len(parts) > 1:
-        parts = parts[1:]
-    if parts[0] in _MAX:
-        return "max"
-    if parts[0] in _MIN or parts[0].endswith("loss"):
-        return "min"
-    return "max"
 
 
 def monitor_of(cfg) -> tuple[str, str]:
-    """(split/metric, max|min) the trainer monitors for this config."""
-    metric = cfg.trainer.monitor
-    if metric == "auto":
-        if not cfg.data.val_split:
-            metric = "train/epoch_loss"
-        else:
-            metric = "val/emd" if cfg.task.name == "score_distribution" else "val/acc1"
-    mode = cfg.trainer.monitor_mode if cfg.trainer.monitor_mode != "auto" else metric_mode(metric)
-    return metric, mode
-
-
-def read_pruned(run_dir: Path) -> Optional[dict[str, Any]]:
-    try:
-        text = (Path(run_dir) / PRUNED).read_text()
-    except FileNotFoundError:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return {"reason": text.strip()}
+    """(split/metric, max|min) the trainer monitors for this config (imgtrain.runs' rule)."""
+    m = runs.monitor_of(cfg, strict=False)
+    return m.metric, m.mode
 
 
 @dataclass
@@ -87,17 +55,17 @@ class CellState:
 
 def cell_states(sweep: Sweep, *, slurm: Optional[SlurmQuery] = None, metrics: bool = False,
                 records: Optional[SweepDir] = None) -> list[CellState]:
-    from imgtrain.logs.runinfo import failure_reason, read_run, read_status
+    from imgtrain.logs.runinfo import read_run
     records = records or SweepDir(sweep.root, sweep.name)
     slurm = slurm or SlurmQuery()
     active = records.active(slurm) if (records.path / "submissions.json").exists() else {}
     out = []
     for cell in sweep.cells:
         rdir = sweep.run_dir(cell)
-        status = read_status(rdir)
+        status = runs.run_status(rdir)
         st = CellState(cell, "new", rdir)
         info = None
-        if status != "NEW":
+        if status != NEW:
             try:
                 info = read_run(rdir)
             except ValueError:
@@ -105,22 +73,21 @@ def cell_states(sweep: Sweep, *, slurm: Optional[SlurmQuery] = None, metrics: bo
         if info:
             st.attempts = len(info.get("attempts", []))
         changed = info is not None and info.get("config_hash") not in (None, cell.config_hash)
-        pruned = read_pruned(rdir)
         act = active.get(cell.id)
-        if act and status not in ("DONE",) and not pruned:
+        if act and status not in (DONE, PRUNED):
             st.state, st.job, st.slurm_state = act["state"], act["job"], act.get("slurm_state")
         elif changed:
             st.state = "changed"
             st.reason = f"run dir holds config hash {info.get('config_hash')}, the sweep gives {cell.config_hash}"
-        elif status == "DONE":
+        elif status == PRUNED:
+            st.state, st.reason = "pruned", (read_pruned(rdir) or {}).get("reason")
+        elif status == DONE:
             st.state = "done"
-        elif pruned is not None:
-            st.state, st.reason = "pruned", pruned.get("reason")
-        elif status == "FAILED":
+        elif status == FAILED:
             st.state = "failed"
-            reason = failure_reason(rdir) or ""
+            reason = runs.failure_reason(rdir) or ""
             st.reason = reason.splitlines()[0] if reason else None
-        elif status == "INCOMPLETE":
+        elif status == INCOMPLETE:
             st.state = "stopped"
         out.append(st)
     if metrics:

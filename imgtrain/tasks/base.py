@@ -1,24 +1,15 @@
-"""Shared by the tasks: metric directions and numerically stable numpy softmax."""
+"""Shared by the tasks: metric directions (imgtrain.runs owns them: sweeps and analysis rank by the
+same rule without importing torch) and numerically stable numpy softmax."""
 from __future__ import annotations
 
 import numpy as np
 
-_MAX = {"acc", "acc1", "acc5", "acc_class", "precision", "recall", "f1", "srcc", "lcc", "img_per_s"}
-_MIN = {"loss", "emd", "mse", "mae"}
-_SPLITS = ("train", "val", "test")
+from imgtrain.runs import DEFAULT_MONITOR, metric_mode
 
 
-def metric_mode(name: str) -> str:
-    """'max' or 'min' for a metric name, with or without a split prefix ('val/acc1', 'acc_class/3')."""
-    parts = name.split("/")
-    if parts[0] in _SPLITS and len(parts) > 1:
-        parts = parts[1:]
-    if parts[0] in _MAX:
-        return "max"
-    if parts[0] in _MIN or parts[0].endswith("loss"):  # epoch_loss and friends
-        return "min"
-    raise ValueError(f"no known direction for metric '{name}' (maximised: {', '.join(sorted(_MAX))}; "
-                     f"minimised: {', '.join(sorted(_MIN))}); set trainer.monitor_mode")
+def monitor_default(task: str) -> tuple[str, str]:
+    """(split/metric, max|min) a task is monitored by when trainer.monitor=auto."""
+    return DEFAULT_MONITOR[task], metric_mode(DEFAULT_MONITOR[task])
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import check_2d, log_softmax, metric_mode
+from .base import check_2d, log_softmax, metric_mode, monitor_default
 
 
 def balanced_class_weights(class_counts: list[int]) -> torch.Tensor:
@@ -54,7 +54,7 @@ class ClassificationTask:
     output_names: Optional[list[str]] = None  # names of the outputs when they are not the data set's classes
 
     name: ClassVar[str] = "classification"
-    monitor_default: ClassVar[tuple[str, str]] = ("val/acc1", "max")
+    monitor_default: ClassVar[tuple[str, str]] = monitor_default("classification")
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy on int64 [B] labels or soft [B, C] targets (mixup/cutmix).

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import check_2d, metric_mode, softmax
+from .base import check_2d, metric_mode, monitor_default, softmax
 
 _VOTE_KEYS = ("votes", "counts", "ratings")  # raw vote counts, normalised when "distribution" is absent
 
@@ -42,7 +42,7 @@ class ScoreDistributionTask:
     threshold: float = 5.0  # mean score splitting "good" from "bad" images (AVA binary accuracy)
 
     name: ClassVar[str] = "score_distribution"
-    monitor_default: ClassVar[tuple[str, str]] = ("val/emd", "min")
+    monitor_default: ClassVar[tuple[str, str]] = monitor_default("score_distribution")
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p = torch.softmax(logits.float(), dim=-1)
