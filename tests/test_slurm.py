@@ -23,7 +23,7 @@ import yaml
 
 from conftest import PY, ROOT, run_cmd, train_cmd
 from imgtrain import config as C
-from imgtrain import launch
+from imgtrain import runs
 from imgtrain.logs import read_metrics
 from shards.writer import STALL_ENV
 from sourcedata import write_ava
@@ -229,7 +229,7 @@ def test_generic_recipe_and_array_task_dry_run(digits_shards, tmp_path):
     assert f"  nodes        1 (#SBATCH --nodes in {GENERIC}; " in out
     assert "  procs/node   1 (#SBATCH --gpus-per-node in " in out and "OMP_NUM_THREADS=8" in out
     # task N trains the run of trainer.seed=N (the array test on the cluster runs tasks 0 and 1)
-    run_of = {seed: launch.run_id_and_dir(C.load(ROOT / config, [*args, f"trainer.seed={seed}"]))[0]
+    run_of = {seed: runs.run_id(C.load(ROOT / config, [*args, f"trainer.seed={seed}"]))
               for seed in (0, 1)}
     assert f"  run          {run_of[0]} (NEW" in out and run_of[0] != run_of[1]
     for bad in ([], ["trainer.seed=1"]):  # no CONFIG first: usage, exit 2
