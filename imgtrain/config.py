@@ -83,11 +83,17 @@ class DataConfig:
     shear: float = _added(0.0)
     # issue 18: "memory" decodes each split once into one uint8 N x H x W x C array, memory-mapped from node-local
     # scratch ($SLURM_TMPDIR, else $TMPDIR, else /tmp) and shared by every process of the node; training batches
-    # are gathered by index and augmented per batch (pad-and-crop, flip) on the training device (imgtrain/data/memory.py)
-    # "auto": memory when every split the run uses fits data.cache_max_gb (and the scratch folder's free space)
-    # and the training augmentation has a per-batch form, else the per-sample path, with a log line saying why
-    cache: str = _added("none")
+    # are gathered by index and augmented per batch (pad-and-crop, flip, cutout) on the training device
+    # (imgtrain/data/memory.py). "auto" (the default): memory when every split the run uses fits data.cache_max_gb
+    # (and the scratch folder's free space) and the training augmentation has a per-batch form, else the per-sample
+    # path, with a log line saying why. "none": always the per-sample path. The hash leaves the key out at its
+    # default, so a run started before "auto" became the default keeps its id (and resumes on the path auto picks).
+    cache: str = _added("auto")
     cache_max_gb: float = _added(8.0)  # memory budget of the cached splits together (node-local scratch + page cache)
+    # Cutout (DeVries & Taylor 2017; airbench's CIFAR-10 recipe): a square of this many pixels, centred anywhere in
+    # the training image and clipped at its border, filled with the mean colour (0 after normalisation), under
+    # data.simple_augment, on both data paths. timm's augmentation has random erasing instead (data.re_prob).
+    cutout: int = _added(0)
 
     def selects_on_test(self) -> bool:
         """Validation (early stopping, monitor, best checkpoint) runs on the test split: data.val_split is
@@ -603,6 +609,13 @@ def from_dict(data: dict, origins: Optional[dict[str, str]] = None, overrides: t
                           "plain random-resized-crop + flip: it cannot run with data.simple_augment, auto_augment, "
                           "color_jitter, vflip, an interpolation other than bilinear/bicubic, or in_chans=1; "
                           "set data.decode_on=workers")
+    if cfg.data.cutout and not cfg.data.simple_augment:
+        raise ConfigError(f"data.cutout={cfg.data.cutout} [{origins.get('data.cutout', '?')}] works with "
+                          "data.simple_augment=true (pad-and-crop + flip); with timm's augmentation use random "
+                          "erasing (data.re_prob)")
+    if cfg.data.cutout < 0:
+        raise ConfigError(f"data.cutout: a square side in pixels >= 0, got {cfg.data.cutout} "
+                          f"[{origins.get('data.cutout', '?')}]")
     if cfg.data.selects_on_test() and not cfg.data.select_on_test:
         where = ", ".join(f"data.{k}={getattr(cfg.data, k) or 'null'} [{origins.get(f'data.{k}', 'default')}]"
                           for k in ("val_split", "test_split"))

@@ -33,10 +33,11 @@ from torch.utils.data import DataLoader
 
 from imgtrain.data.loader import EvalBatches, Sample, ShardSplit, _ignore_stop_signals, _mix
 from imgtrain.data.order import TrainPlan, epoch_order, eval_positions
-from imgtrain.data.transforms import build_transform, decode_size
+from imgtrain.data.transforms import build_transform, cutout_fill, decode_size
 
 FORMAT = "imgtrain-memory-cache/1"
 _SALT = 0xA5E7_0C1A_B47C_4ED1  # the batch augmentation's draws are not those of the per-sample path's _seeded
+_CUTOUT_SALT = 0x3C6E_F372_FE94_F82B  # cutout's centres: another hash than the crop offsets' and the flip's
 
 
 # ------------------------------------------------------------------------------------------ where, and which key
@@ -113,6 +114,18 @@ def _expected_bytes(path: Path) -> Optional[int]:
         return None
 
 
+def _file_stats(files) -> list:
+    """[name, size, mtime_ns] of each shard file (None for a missing one: the build then names it)."""
+    out = []
+    for f in files:
+        try:
+            st = os.stat(f)
+            out.append([Path(f).name, st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append([Path(f).name, None, None])
+    return out
+
+
 def _check(path: Path, side: Path, key: dict) -> Optional[str]:
     """Why the cache file cannot be used (None: it can)."""
     if not path.exists() or not side.exists():
@@ -186,8 +199,10 @@ def open_cache(cfg, info, split: str, *, train: bool, mean, std, log: Callable[[
         ds.random_transform = False
     mhash = manifest_hash(info.manifest)
     key = {"format": FORMAT, "manifest": mhash, "split": split, "img_size": d.img_size, "in_chans": d.in_chans,
-           "transform": desc}
-    tag = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:8]
+           "transform": desc, "files": _file_stats([Path(ds.root) / f for f in ds.shard_files])}
+    # the files' sizes and mtimes are in the name too: a shard damaged or replaced on disk under an unchanged
+    # manifest (or a copy of the data set whose files differ) gets its own array instead of reusing another's
+    tag = hashlib.sha256(json.dumps([desc, key["files"]], sort_keys=True).encode()).hexdigest()[:8]
     folder = (root or cache_root()) / mhash
     path = folder / f"{split}-{d.img_size}-c{d.in_chans}-{tag}.npy"
     side = path.with_suffix(".json")
@@ -290,9 +305,29 @@ def batch_augment(images: torch.Tensor, index: np.ndarray, *, seed: int, epoch: 
     return out.permute(0, 3, 1, 2)
 
 
+def batch_cutout(images: torch.Tensor, index: np.ndarray, *, seed: int, epoch: int, size: int, fill: torch.Tensor):
+    """Cutout of a uint8 NCHW batch (on any device): per sample a size x size square centred at a pixel drawn from
+    (seed, epoch, its index), clipped at the border, set to `fill` (C values). transforms.Cutout per sample."""
+    n, c, h, w = images.shape
+    if n == 0 or size <= 0:
+        return images
+    hs = sample_hashes(seed ^ _CUTOUT_SALT, epoch, index)
+    cy = (hs % np.uint64(h)).astype(np.int64)
+    cx = ((hs >> np.uint64(32)) % np.uint64(w)).astype(np.int64)
+    dev = images.device
+    top = torch.as_tensor(cy - size // 2, device=dev)[:, None]
+    left = torch.as_tensor(cx - size // 2, device=dev)[:, None]
+    rows = torch.arange(h, device=dev)[None]
+    cols = torch.arange(w, device=dev)[None]
+    in_rows = (rows >= top) & (rows < top + size)  # N x H
+    in_cols = (cols >= left) & (cols < left + size)  # N x W
+    square = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # N x 1 x H x W
+    return torch.where(square, fill.to(dev).view(1, -1, 1, 1), images)
+
+
 class MemoryFeed:
     """Trainer batch_source: this rank's batches of an epoch from `plan` on, in epoch_order's order, augmented
-    per batch on the training device."""
+    per batch on the training device (pad-and-crop, flip, cutout)."""
 
     def __init__(self, mem: MemorySplit, cfg, env):
         self.mem, self.env = mem, env
@@ -300,6 +335,7 @@ class MemoryFeed:
         self.seed, self.buffer, self.batch = cfg.trainer.seed, d.shuffle_buffer, d.batch_size
         self.pad = max(1, d.img_size // 8) if d.simple_augment else 0
         self.hflip = d.hflip
+        self.cutout, self.fill = d.cutout, cutout_fill(mem.mean)
 
     def __call__(self, epoch: int, plan: TrainPlan):
         order = epoch_order(self.mem.counts, seed=self.seed, epoch=epoch, buffer=self.buffer)
@@ -310,6 +346,9 @@ class MemoryFeed:
             x = b["image"].to(dev, non_blocking=True)
             b["image"] = batch_augment(x, b["index"].numpy(), seed=self.seed, epoch=epoch, pad=self.pad,
                                        hflip=self.hflip)
+            if self.cutout > 0:
+                b["image"] = batch_cutout(b["image"], b["index"].numpy(), seed=self.seed, epoch=epoch,
+                                          size=self.cutout, fill=self.fill)
             yield b
 
 
@@ -327,7 +366,7 @@ def use_memory(cfg, info, task, env, train_ds, val_ds, test_ds, mean, std, log: 
     if mode == "auto" and why is not None:
         log(f"data.cache=auto: the per-sample path: {why}")
         return None, val_ds, test_ds
-    too_big = over_budget(cfg, [d for d in (train_ds, val_ds, test_ds) if d is not None])
+    too_big = over_budget(cfg, [d for d in (train_ds, val_ds, test_ds) if d is not None], manifest=info.manifest)
     if too_big is not None:
         log(f"data.cache={mode}: the per-sample path: {too_big}")
         return None, val_ds, test_ds
@@ -341,9 +380,10 @@ def use_memory(cfg, info, task, env, train_ds, val_ds, test_ds, mean, std, log: 
     return feed, cached(val_ds, False), cached(test_ds, False)
 
 
-def over_budget(cfg, splits: list, root: Optional[Path] = None) -> Optional[str]:
+def over_budget(cfg, splits: list, root: Optional[Path] = None, manifest: Optional[dict] = None) -> Optional[str]:
     """Why the splits cannot be cached (over data.cache_max_gb, or more than the scratch folder's free space),
-    or None. Each cached image is img_size x img_size x in_chans bytes."""
+    or None. Each cached image is img_size x img_size x in_chans bytes. With the manifest, arrays already built
+    for these splits count as room (a warm cache needs no free space to be used again)."""
     d = cfg.data
     need = sum(len(ds) for ds in splits) * d.img_size * d.img_size * d.in_chans
     gib = 2.0 ** 30
@@ -354,7 +394,13 @@ def over_budget(cfg, splits: list, root: Optional[Path] = None) -> Optional[str]
     probe = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if probe is not None:
         free = shutil.disk_usage(probe).free
-        if need * 1.05 > free:
+        built = 0
+        if manifest is not None:
+            folder_of_set = folder / manifest_hash(manifest)
+            for ds in splits:
+                sizes = [p.stat().st_size for p in folder_of_set.glob(f"{ds.split}-{d.img_size}-c{d.in_chans}-*.npy")]
+                built += max(sizes, default=0)
+        if (need - built) * 1.05 > free:
             return (f"the splits need {need / gib:.2f} GiB, {probe} has {free / gib:.2f} GiB free (set $SLURM_TMPDIR "
                     "or $TMPDIR to scratch space with room)")
     return None

@@ -106,7 +106,10 @@ def _build_transform(cfg: DataConfig, train: bool, mean, std):
             steps += [T.RandomCrop(cfg.img_size, padding=max(1, cfg.img_size // 8), padding_mode="reflect")]
             if cfg.hflip > 0:
                 steps.append(T.RandomHorizontalFlip(cfg.hflip))
-        return T.Compose(steps + [T.PILToTensor()])
+        steps.append(T.PILToTensor())
+        if train and cfg.cutout > 0:
+            steps.append(Cutout(cfg.cutout, mean))
+        return T.Compose(steps)
     if train and cfg.plain_crop():
         return FastResizedCropFlip(cfg.img_size, cfg.scale, cfg.ratio, cfg.interpolation, cfg.hflip)
     kwargs = dict(input_size=(cfg.in_chans, cfg.img_size, cfg.img_size), is_training=train,
@@ -122,6 +125,31 @@ def _build_transform(cfg: DataConfig, train: bool, mean, std):
         # images at or below the input size are evaluated whole; larger ones resize + centre-crop as timm does
         return WholeWhenSmall(cfg.img_size, create_transform(**{**kwargs, "crop_pct": 1.0}), create_transform(**kwargs))
     return create_transform(**kwargs)
+
+
+def cutout_fill(mean) -> torch.Tensor:
+    """The uint8 colour a cutout square gets: the normalisation mean, so it is 0 after normalising."""
+    return torch.tensor([round(float(m) * 255) for m in mean], dtype=torch.uint8)
+
+
+class Cutout:
+    """Zero (to the mean colour) a size x size square of a uint8 CHW image, centred at a uniformly drawn pixel and
+    clipped at the border (DeVries & Taylor 2017). The per-sample form of memory.batch_cutout."""
+
+    def __init__(self, size: int, mean):
+        self.size, self.fill = size, cutout_fill(mean)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        _, h, w = img.shape
+        cy, cx = int(torch.randint(h, (1,))), int(torch.randint(w, (1,)))
+        y0, x0 = max(0, cy - self.size // 2), max(0, cx - self.size // 2)
+        y1, x1 = min(h, cy - self.size // 2 + self.size), min(w, cx - self.size // 2 + self.size)
+        img = img.clone()
+        img[:, y0:y1, x0:x1] = self.fill.view(-1, 1, 1)
+        return img
+
+    def __repr__(self) -> str:
+        return f"Cutout(size={self.size})"
 
 
 class WholeWhenSmall:
