@@ -596,7 +596,7 @@ def svm_study(train: Features, val: Optional[Features], cells: Sequence[SvmCell]
     svm_cfg = {"cv": None if holdout is not None else cv, "holdout": holdout, "multiclass": multiclass,
                "seed": seed, "standardize": standardize, "scores": scores}
     for r in rows:
-        _write_cell_run(out_root / "runs" / r["run_id"], r, name, features_cfg, svm_cfg,
+        _write_cell_run(runs.run_path(out_root, r["run_id"]), r, name, features_cfg, svm_cfg,
                         test if r is best else None, train.class_names, val)
     study = SvmStudy(rows, best, test)
     table = [{k: v for k, v in r.items() if k not in ("cell", "fold_acc1")} for r in rows]
