@@ -3,11 +3,15 @@ array. Results always come back in task order, so the output never depends on sc
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
+import signal
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, TypeVar
+
+from shards.procs import die_with_parent
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -26,7 +30,10 @@ def run_tasks(fn: Callable[[T], R], tasks: list[T], workers: int,
     results: list = [None] * len(tasks)
     # fork: workers start fast and need no re-import; the parent runs no threads at this point.
     ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
+    # a worker outlives a parent killed with -9 (it finishes its tasks, then waits forever): it dies with it;
+    # what it had half written is a temporary file, never a shard (writer.py renames complete shards only)
+    init = functools.partial(die_with_parent, signal.SIGKILL, os.getpid())
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=init) as pool:
         futures = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
         pending = set(futures)
         try:

@@ -16,6 +16,7 @@ and SLURM/process state) and `changed` cells are never submitted.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from typing import Any, Optional, Sequence
 from imgtrain.sweep.records import SlurmQuery, SweepDir, job_name, now_iso, proc_start
 from imgtrain.sweep.spec import REPO, Cell, Sweep
 from imgtrain.sweep.status import CellState, cell_states, counts, header
+from shards.procs import die_with_parent
 
 TRAIN = REPO / "jobs" / "train.py"
 EXECUTORS = ("slurm", "local", "debug")
@@ -307,16 +309,24 @@ def run_local(sweep: Sweep, cells: Sequence[Cell], parallel: int, records: Sweep
         if stopping["signal"] is None:
             stopping["signal"] = signum
             say(f"{signal.Signals(signum).name}: stopping {len(running)} running cell(s) cleanly (they write "
-                "last.pt); queued cells are not started")
+                f"last.pt); {len(queue)} queued cell(s) are not started; a second signal kills them at once")
             for _, p, _, _ in running.values():
                 try:
                     p.send_signal(signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+        else:
+            say(f"{signal.Signals(signum).name} again: killing {len(running)} running cell(s); "
+                "they resume from their last checkpoint")
+            for _, p, _, _ in running.values():
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)  # the cell's torchrun ranks and loader workers too
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while queue or running:
+        while running or (queue and stopping["signal"] is None):  # after a signal: only until the running end
             while queue and len(running) < parallel and stopping["signal"] is None:
                 cell = queue.pop(0)
                 log = records.log_path(cell.run_id)
@@ -325,7 +335,10 @@ def run_local(sweep: Sweep, cells: Sequence[Cell], parallel: int, records: Sweep
                 fh.write(f"\n==== {now_iso()} sweep {sweep.name} cell {cell.id}\n".encode())
                 fh.flush()
                 argv = [sys.executable, str(TRAIN), "--config", str(sweep.config_path), *cell.overrides, *extra]
-                p = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                # own session: a terminal's Ctrl-C reaches the driver only, which stops the cells cleanly; the cells
+                # get SIGTERM (checkpoint, exit 75) if the driver itself is killed (-9) instead of running on
+                p = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                     preexec_fn=functools.partial(die_with_parent, signal.SIGTERM, os.getpid()))
                 running[cell.id] = (cell, p, time.time(), fh)
                 records.update_local_cell(n, cell.id, pid=p.pid, pid_start=proc_start(p.pid), start=now_iso())
                 say(f"cell {cell.id} started (pid {p.pid}): {sweep.describe(cell)}; log {log}")

@@ -1,0 +1,123 @@
+"""Processes end when they should (issue 20): a local sweep stops on Ctrl-C/SIGTERM with cells still queued, a
+second signal kills its cells; children die with a parent killed with -9 (sweep cells, pack workers)."""
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+import yaml
+
+from conftest import PY, ROOT
+from imgtrain.logs import read_run
+
+CFG = ROOT / "tests/configs/tiny_digits.yaml"
+
+
+def _spec(tmp_path, data, epochs=30):
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"name": "sig", "config": str(CFG), "grid": {"optim.lr": [0.01, 0.02, 0.03]},
+                                    "overrides": {"data.path": str(data), "trainer.epochs": epochs,
+                                                  "data.batch_size": 64}}))
+    return path
+
+
+def _start_sweep(tmp_path, data):
+    out = open(tmp_path / "sweep.out", "w")
+    proc = subprocess.Popen([PY, ROOT / "jobs/sweep.py", _spec(tmp_path, data), "--executor", "local",
+                             "--parallel", "1", "--no-preflight", "--root", tmp_path / "root"],
+                            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    return proc
+
+
+def _cell_process(proc, timeout=120):
+    """The running cell's training process (a child of the driver), once it has trained a step."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        cells = [c for c in psutil.Process(proc.pid).children() if "jobs/train.py" in " ".join(c.cmdline())]
+        if cells:
+            return cells[0]
+        assert proc.poll() is None, "the sweep driver exited before starting a cell"
+        time.sleep(0.2)
+    raise AssertionError("no cell started")
+
+
+def _wait_for_progress(root, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(root.glob("runs/*/checkpoints")) or any(root.glob("runs/*/metrics*")):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no run under {root} made progress")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_local_sweep_stops_on_a_signal_with_cells_queued(digits_shards, tmp_path, sig):
+    proc = _start_sweep(tmp_path, digits_shards)
+    cell = _cell_process(proc)
+    _wait_for_progress(tmp_path / "root")
+    time.sleep(2)  # past the trainer's start-up: it has a signal handler now
+    os.kill(proc.pid, sig)
+    rc = proc.wait(timeout=120)  # before: waited forever on the two queued cells
+    out = (tmp_path / "sweep.out").read_text()
+    assert "2 queued cell(s) are not started" in out and f"stopped by {sig.name}" in out, out
+    assert not cell.is_running()
+    runs = [d for d in (tmp_path / "root/runs").iterdir()]
+    assert len(runs) == 1  # the queued cells never started
+    assert read_run(runs[0])["attempts"][-1]["status"] == "STOPPED", out  # the cell stopped cleanly
+    assert rc in (0, 1, 75), out
+
+
+@pytest.mark.slow
+def test_a_second_signal_kills_the_running_cells(digits_shards, tmp_path):
+    proc = _start_sweep(tmp_path, digits_shards)
+    cell = _cell_process(proc)
+    _wait_for_progress(tmp_path / "root")
+    time.sleep(2)  # the trainer handles SIGTERM now (before, SIGTERM would simply end it)
+    cell.suspend()  # a cell that cannot act on the first signal (stuck in I/O, say)
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(1)
+    assert proc.poll() is None  # still waiting for the cell to stop cleanly
+    os.kill(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    out = (tmp_path / "sweep.out").read_text()
+    assert "SIGINT again: killing 1 running cell(s)" in out, out
+    psutil.wait_procs([cell], timeout=30)
+    assert not cell.is_running()
+
+
+@pytest.mark.slow
+def test_a_sweep_driver_killed_with_9_takes_its_cells_along(digits_shards, tmp_path):
+    proc = _start_sweep(tmp_path, digits_shards)
+    cell = _cell_process(proc)
+    _wait_for_progress(tmp_path / "root")
+    time.sleep(2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs([cell], timeout=60)  # before: it trained on to the end
+    assert not alive
+    runs = [d for d in (tmp_path / "root/runs").iterdir()]
+    assert read_run(runs[0])["attempts"][-1]["status"] == "STOPPED"  # SIGTERM: it saved and stopped
+
+
+@pytest.mark.slow
+def test_pack_workers_die_with_a_parent_killed_with_9(tmp_path):
+    proc = subprocess.Popen([PY, "-m", "shards", "pack", "digits", "-", tmp_path / "out", "--upscale", "96",
+                             "--shard-size", "20", "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 60
+    workers = []
+    while time.time() < deadline and len(workers) < 2:
+        workers = psutil.Process(proc.pid).children()
+        time.sleep(0.1)
+    assert len(workers) == 2, "the pool did not start"
+    time.sleep(0.5)
+    assert proc.poll() is None, "the pack finished before it could be killed: give it more work"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=20)  # before: they finished every shard, then waited forever
+    assert not alive
+    assert not list((tmp_path / "out").glob("*.tar")) or all(
+        not p.name.startswith(".") for p in (tmp_path / "out").glob("*.tar"))
