@@ -121,3 +121,24 @@ def test_pack_workers_die_with_a_parent_killed_with_9(tmp_path):
     assert not alive
     assert not list((tmp_path / "out").glob("*.tar")) or all(
         not p.name.startswith(".") for p in (tmp_path / "out").glob("*.tar"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_a_failure_mid_epoch_with_loader_workers_exits(digits_shards, tmp_path, cache):
+    """Too many bad samples stop the run; with loader workers the process used to print the error, write FAILED
+    and then wait forever on its workers (they ignore SIGTERM so SLURM's signal cannot kill them mid-save)."""
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(digits_shards, data)
+    shard = data / "train-000001.tar"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # a flipped byte: the shard's tail is unreadable
+    shard.write_bytes(bytes(raw))
+    t0 = time.time()
+    proc = subprocess.run([PY, ROOT / "jobs/train.py", "--config", CFG, f"data.path={data}", "trainer.epochs=1",
+                           f"output.root={tmp_path}", "output.run=r", "data.num_workers=2", f"data.cache={cache}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TMPDIR": str(tmp_path / "scratch")})
+    assert proc.returncode == 1 and time.time() - t0 < 100, proc.stderr[-2000:]
+    assert "exceed data.max_bad_fraction" in (tmp_path / "runs/r/FAILED").read_text()

@@ -222,8 +222,35 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
+_reaper = []
+
+
+def reap_workers_at_exit() -> None:
+    """Kill this process's loader workers when it exits. Workers ignore SIGTERM (above), so multiprocessing's own
+    exit handler, which terminates daemonic children with SIGTERM and then joins them, waited forever whenever
+    the trainer left with a loader still alive: after any failure mid-epoch, the live iterator is held by the
+    traceback. By then every checkpoint is written, so there is nothing left for a worker to do.
+    atexit runs handlers last-registered-first: this runs before multiprocessing's."""
+    if _reaper:
+        return
+    import atexit
+    import multiprocessing
+
+    def reap():
+        import signal
+        # torch's SIGCHLD handler reports a killed worker as an error: here that is the intent, not news
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for child in multiprocessing.active_children():
+            if child.daemon:
+                child.kill()
+    atexit.register(reap)
+    _reaper.append(reap)
+
+
 def make_loader(dataset: ShardSplit, batches, num_workers: int, pin_memory: bool = False) -> DataLoader:
     dataset.reader  # index the shards here, once: the workers inherit the index instead of each building its own
+    if num_workers > 0:
+        reap_workers_at_exit()
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
                       pin_memory=pin_memory, persistent_workers=False,
                       prefetch_factor=4 if num_workers > 0 else None,

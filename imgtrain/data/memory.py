@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from imgtrain.data.loader import EvalBatches, Sample, ShardSplit, _ignore_stop_signals, _mix
+from imgtrain.data.loader import EvalBatches, Sample, ShardSplit, _ignore_stop_signals, _mix, reap_workers_at_exit
 from imgtrain.data.order import TrainPlan, epoch_order, eval_positions
 from imgtrain.data.transforms import build_transform, cutout_fill, decode_size
 
@@ -154,6 +154,8 @@ def _build(ds: ShardSplit, path: Path, side: Path, key: dict, shape: tuple, num_
     cls, meta, bad = [None] * n, [None] * n, {}
     batch = 256
     ds.reader  # indexed once, before the workers start
+    if num_workers > 0:
+        reap_workers_at_exit()
     loader = DataLoader(ds, batch_sampler=EvalBatches(n, 0, 1, batch), num_workers=num_workers, collate_fn=_keep,
                         worker_init_fn=_ignore_stop_signals if num_workers > 0 else None)
     state = torch.get_rng_state()  # creating a loader draws a seed: the caller's RNG is left as it was
