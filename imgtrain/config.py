@@ -11,6 +11,7 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import types
@@ -370,8 +371,31 @@ CHOICES = {
 
 # --------------------------------------------------------------------------- YAML with line numbers
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping names a key twice: YAML keeps the last silently (a second `trainer:` drops the first's keys)."""
+
+    def __init__(self, key, line: int, first: int):
+        self.key, self.line, self.first = key, line, first
+        super().__init__(f"line {line}: duplicate key '{key}' (first at line {first}); YAML would keep only the "
+                         "last one, silently dropping the other")
+
+
 class _Loader(yaml.SafeLoader):
-    """safe_load that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+    """safe_load that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`) and rejects duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may repeat what it merges
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise DuplicateKey(key, key_node.start_mark.line + 1, seen[key])
+            except TypeError:  # an unhashable key: the base constructor says so
+                continue
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -404,6 +428,9 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, str]]:
     try:
         data = yaml.load(text, Loader=_Loader)
         node = yaml.compose(text, Loader=_Loader)
+    except DuplicateKey as e:
+        raise ConfigError(f"{path}:{e.line}: duplicate key '{e.key}' (first at line {e.first}); YAML would keep "
+                          "only the last one, silently dropping the other: merge them") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if data is None:
@@ -604,6 +631,7 @@ def from_dict(data: dict, origins: Optional[dict[str, str]] = None, overrides: t
         key = missing[0]
         where = origins.get(key, "no file sets it")
         raise ConfigError(f"missing required value '{key}' [{where}]; set it in the config or with {key}=...")
+    _check_ranges(cfg, origins)
     if cfg.data.decode_on == "device" and not (cfg.data.plain_crop() and cfg.data.in_chans == 3):
         raise ConfigError(f"data.decode_on=device [{origins.get('data.decode_on', '?')}] decodes RGB JPEGs for the "
                           "plain random-resized-crop + flip: it cannot run with data.simple_augment, auto_augment, "
@@ -624,6 +652,34 @@ def from_dict(data: dict, origins: Optional[dict[str, str]] = None, overrides: t
                           "data.select_on_test=true to do this on purpose (it is then recorded in run.json), or "
                           "validate on another split")
     return cfg
+
+
+# values a run cannot use: caught before anything is written or submitted, instead of a ZeroDivisionError,
+# timm's bare AssertionError or a NaN loss minutes into a job. (key, lowest allowed, its meaning)
+_AT_LEAST = [
+    ("data.batch_size", 1, "samples per rank"), ("data.eval_batch_size", 1, "samples per rank"),
+    ("data.img_size", 1, "pixels"), ("data.in_chans", 1, "channels"), ("data.num_workers", 0, "processes"),
+    ("data.shuffle_buffer", 1, "samples"), ("trainer.epochs", 1, "epochs"), ("trainer.max_steps", 1, "steps"),
+    ("trainer.grad_accum", 1, "micro-batches per step"), ("trainer.eval_every_epochs", 1, "epochs"),
+    ("trainer.patience", 1, "evaluations"), ("trainer.ckpt_every_steps", 1, "steps"),
+    ("trainer.log_every_steps", 1, "steps"), ("trainer.max_attempts", 1, "attempts"),
+    ("trainer.stop_after_epochs", 1, "epochs"), ("data.cache_max_gb", 0, "GiB"), ("optim.lr", 0, "learning rate"),
+    ("optim.weight_decay", 0, "weight decay"), ("data.max_bad_fraction", 0, "fraction"),
+]
+
+
+def _check_ranges(cfg: Config, origins: dict[str, str]) -> None:
+    flat = flatten(cfg)
+    for key, value in flat.items():  # NaN and infinity in any float: `optim.lr=.nan` trained to a NaN loss, DONE
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: {value} is not a finite number [{origins.get(key, 'default')}]")
+    for key, low, unit in _AT_LEAST:
+        value = flat.get(key)
+        if value is not None and not isinstance(value, bool) and value < low:
+            raise ConfigError(f"{key}: {value} {unit}; it must be at least {low} [{origins.get(key, 'default')}]")
+    if cfg.data.max_bad_fraction > 1:
+        raise ConfigError(f"data.max_bad_fraction: {cfg.data.max_bad_fraction} is a fraction in [0, 1] "
+                          f"[{origins.get('data.max_bad_fraction', 'default')}]")
 
 
 def load(path: str | os.PathLike | None, overrides: typing.Sequence[str] = ()) -> Config:

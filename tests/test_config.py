@@ -173,3 +173,60 @@ def test_flatten_and_check_key():
     C.check_key("model.kwargs.anything")
     with pytest.raises(C.ConfigError, match="did you mean 'model.activation'"):
         C.check_key("model.activaton", "grid axis")
+
+
+# issue 20: what used to pass silently or fail minutes later with a bare exception
+
+def test_duplicate_keys_are_errors_with_file_and_line(tmp_path):
+    path = write(tmp_path / "dup.yaml", """\
+        data:
+          path: /data/x
+        trainer:
+          epochs: 3
+        trainer:
+          seed: 1
+        """)
+    with pytest.raises(C.ConfigError, match=r"dup\.yaml:5: duplicate key 'trainer' \(first at line 3\)"):
+        C.load(path)
+    path = write(tmp_path / "dup2.yaml", """\
+        data:
+          path: /data/x
+        optim:
+          lr: 0.1
+          lr: 0.2
+        """)
+    with pytest.raises(C.ConfigError, match=r"dup2\.yaml:5: duplicate key 'lr' \(first at line 4\)"):
+        C.load(path)
+    with pytest.raises(yaml.YAMLError, match="duplicate key 'a'"):  # overrides and sweep files share the loader
+        C.parse_value("{a: 1, a: 2}")
+
+
+def test_a_sweep_file_with_a_duplicate_key_names_it(tmp_path):
+    from imgtrain.sweep import spec as S
+    path = write(tmp_path / "g.yaml", """\
+        config: jobs/configs/digits.yaml
+        grid:
+          optim.lr: [0.1]
+        grid:
+          optim.name: [sgd]
+        """)
+    with pytest.raises(S.SpecError, match="duplicate key 'grid'"):
+        S.load_spec(path, root=str(tmp_path))
+
+
+@pytest.mark.parametrize("override, words", [
+    ("trainer.epochs=0", "trainer.epochs: 0 epochs; it must be at least 1"),
+    ("trainer.epochs=-1", "trainer.epochs: -1 epochs"),
+    ("data.batch_size=0", "data.batch_size: 0 samples per rank"),
+    ("trainer.grad_accum=0", "trainer.grad_accum: 0 micro-batches"),
+    ("data.img_size=0", "data.img_size: 0 pixels"),
+    ("data.num_workers=-1", "data.num_workers: -1 processes; it must be at least 0"),
+    ("optim.lr=.nan", "optim.lr: nan is not a finite number"),
+    ("optim.weight_decay=.inf", "optim.weight_decay: inf is not a finite number"),
+    ("optim.lr=-0.1", "optim.lr: -0.1 learning rate"),
+    ("data.max_bad_fraction=1.5", "data.max_bad_fraction: 1.5 is a fraction in [0, 1]"),
+])
+def test_values_a_run_cannot_use_are_config_errors(base, override, words):
+    with pytest.raises(C.ConfigError) as e:
+        C.load(base, [override])
+    assert words in str(e.value) and f"override '{override}'" in str(e.value)
