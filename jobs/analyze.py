@@ -94,8 +94,8 @@ def main(argv=None) -> int:
 
 
 def study_main(root: Path, args: argparse.Namespace) -> int:
-    """--study ID: the study's numbers, ours beside them (imgtrain.studies)."""
-    from imgtrain import studies
+    """--study ID: the study's numbers, ours beside them (imgtrain.studies.reference)."""
+    from imgtrain.studies import reference as studies
 
     try:
         study = studies.load_study(args.study)

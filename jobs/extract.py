@@ -16,7 +16,7 @@ Files (default RUN_DIR/features/<data set>-<split>-<layer>): shard j holds sampl
 split (S = --shard-size), the same files whatever the number of processes: features-NNNNN.parquet (key,
 index, label, feature) or features-NNNNN.npy [n, D] + labels-, keys-, index-NNNNN.npy; manifest.json is
 written last (by rank 0 under torchrun, each rank writing its own shards). Read them back with
-imgtrain.features.load_features(DIR); jobs/svm.py takes the directory.
+imgtrain.studies.features.load_features(DIR); jobs/svm.py takes the directory.
 Exit status: 0 done, 1 failed, 2 bad arguments (unknown run, layer, data set or checkpoint).
 """
 import argparse
@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from imgtrain import evaluation as E
-    from imgtrain import features as F
+    from imgtrain.studies import features as F
     from imgtrain.engine import dist
     try:
         if not args.list_layers and not args.layer:

@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from imgtrain import features as F
+    from imgtrain.studies import features as F
     from imgtrain.evaluation import EvalError
     try:
         train = F.load_features(args.features)

@@ -340,12 +340,13 @@ def test_config_yaml_flattens_as_a_summary_does(tmp_path):
     import yaml
 
     from imgtrain import config as C
+    from imgtrain.analysis.load import _read_config
     from imgtrain.logs.parquet import summary_row
     data = C.to_dict(C.load(CONFIG, ["data.path=/d", "model.kwargs={a: {b: 1}}", "dist.deepspeed={zero: {x: 2}}"]))
     data["future"] = {"section": {"key": [1, 2]}}  # a config from another version
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
-    got = A._read_config(path, "r")
+    got = _read_config(path, "r")
     assert got == summary_row({"run_id": "r"}, data)  # free-form dicts stay values (as JSON), the rest is flattened
     assert got["cfg.model.kwargs"] == '{"a": {"b": 1}}' and got["cfg.dist.deepspeed"] == '{"zero": {"x": 2}}'
     assert got["cfg.future.section.key"] == "[1, 2]" and got["cfg.data.path"] == "/d"

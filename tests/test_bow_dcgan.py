@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from imgtrain import bow, dcgan
+from imgtrain.studies import bow, dcgan
 from imgtrain.logs import read_metrics, read_run, read_summaries
 from conftest import PY, ROOT, run_cmd
 from sourcedata import photos, write_imagefolder

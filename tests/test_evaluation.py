@@ -113,7 +113,8 @@ def test_bad_run_dir_and_features_dir_are_one_line_errors(tmp_path, capsys):
 
 def test_imagenet_class_maps_by_wnid_or_name(tmp_path):
     from types import SimpleNamespace
-    from imgtrain.evaluation import EvalError, _imagenet_map, resolve_class_map
+    from imgtrain.evaluation import EvalError, resolve_class_map
+    from imgtrain.evaluation.classmap import _imagenet_map
     idx, names = _imagenet_map(["n01440764", "Goldfish", "great_white_shark"])
     assert idx == [0, 1, 2] and len(names) == 1000 and names[1] == "goldfish"
     with pytest.raises(EvalError, match="no ImageNet-1k wnid or name: 'clip art dog'"):
@@ -329,7 +330,7 @@ def test_extract_named_layer_same_files_with_one_and_two_processes(run, evaluate
     m1, m2 = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("one", "two"))
     assert (m1["world_size"], m2["world_size"]) == (1, 2) and m1["shards"] == m2["shards"] and m1["count"] == 359
 
-    from imgtrain.features import load_features
+    from imgtrain.studies.features import load_features
     feats = load_features(tmp_path / "two")
     assert feats.X.shape == (359, 10) and feats.X.dtype == np.float32
     pred = pq.read_table(evaluated[0] / "predictions.parquet")
@@ -348,7 +349,7 @@ def train_features(run, tmp_path_factory):
 
 @pytest.mark.slow
 def test_extract_pre_logits_parquet_and_tsne(run, train_features, digits_shards, tmp_path, capsys):
-    from imgtrain.features import load_features
+    from imgtrain.studies.features import load_features
     out, proc = train_features
     assert "1259 x 64 features" in proc.stdout and "150 of 1259 points" in proc.stdout
     table = pq.read_table(out / "train/features-00000.parquet")
@@ -413,7 +414,7 @@ def test_svm_grid_on_digits_features(run, train_features, tmp_path, capsys):
 
 def write_features(out: Path, X: np.ndarray, y: np.ndarray, class_names, split: str) -> Path:
     """A features directory as extract.py writes it (one parquet shard + manifest.json), from arrays."""
-    from imgtrain.features import FORMAT, _write_shard
+    from imgtrain.studies.features.extract import FORMAT, _write_shard
     out.mkdir(parents=True, exist_ok=True)
     idx = np.arange(len(y))
     files = _write_shard(out, 0, "parquet", X.astype(np.float32), y.astype(np.int64), [f"s{i}" for i in idx], idx)
@@ -437,7 +438,7 @@ def digit_pixels(tmp_path_factory):
 
 
 def test_class_probabilities_and_score_metrics():
-    from imgtrain import features as F
+    from imgtrain.studies import features as F
 
     class Fake:  # decision values of 3 of 6 classes (classes 1, 3, 4 seen in training)
         classes_ = np.array([1, 3, 4])
@@ -470,7 +471,7 @@ def test_class_probabilities_and_score_metrics():
 
 
 def test_make_svm_options():
-    from imgtrain import features as F
+    from imgtrain.studies.features import svm as F
     cell = F.SvmCell("sigmoid", 10.0, 1e-4)
     plain = F.make_svm(cell, "ovr", standardize=False)
     assert [type(s).__name__ for _, s in plain.steps] == ["OneVsRestClassifier"]
@@ -490,7 +491,7 @@ def test_make_svm_options():
 @pytest.mark.parametrize("scores", ["decision", "proba"])
 def test_svm_reports_top5_and_cross_entropy(digit_pixels, tmp_path, capsys, scores):
     """S002's two SVMs (RBF C=1 gamma=1e-4, sigmoid C=10 gamma=1e-4, one-vs-rest) on unscaled features."""
-    from imgtrain import features as F
+    from imgtrain.studies import features as F
     train, test = digit_pixels
     out = tmp_path / "svm"
     assert cli("svm")([str(train), "--val", str(test), "--kernel", "rbf", "sigmoid", "--C", "1", "10", "--gamma",

@@ -239,7 +239,7 @@ def test_clipart_vgg19_study(data, root, tmp_path_factory, capsys):
     for split in ("train", "test"):
         args = ["--config", cfg, *tiny, "--layer", "pre_logits.act2", "--split", split, "--out", str(out / split)]
         assert extract(args + (["--tsne", str(out / "tsne.png")] if split == "train" else [])) == 0
-    from imgtrain.features import load_features
+    from imgtrain.studies.features import load_features
     feats = load_features(out / "train")
     assert feats.X.shape == (12, 4096) and (feats.X >= 0).all() and sorted(set(feats.y.tolist())) == [0, 1, 2]
     with Image.open(out / "tsne.png") as im:

@@ -1,4 +1,4 @@
-"""The studies' reported numbers (jobs/studies/*.yaml), imgtrain.studies and jobs/analyze.py --study."""
+"""The studies' reported numbers (jobs/studies/*.yaml), imgtrain.studies.reference and jobs/analyze.py --study."""
 import csv
 import re
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imgtrain import studies as S  # noqa: E402
+from imgtrain.studies import reference as S  # noqa: E402
 from imgtrain.logs import MetricWriter, end_attempt, mark_done, start_attempt, write_summary  # noqa: E402
 
 DIGEST = Path("/work/shared/studies/README.md")  # outside the repository: the cross-check skips without it

@@ -224,7 +224,7 @@ def test_s002_vgg19_as_is_evaluated_beside_the_study(tmp_path_factory, tmp_path)
                      "--out", str(root / "evaluations/as_is_curated")]) == 0
     got = json.loads((root / "evaluations/as_is_curated/metrics.json").read_text())
     assert got["class_map"] == [404, 1, 281] and got["model_outputs"] == 1000
-    from imgtrain import studies
+    from imgtrain.studies import reference as studies
     cmp = studies.compare(studies.load_study("S002"), root)
     rows = {(r["experiment"], r["metric"]): r for r in cmp.rows}
     top1 = rows[("vgg19_as_is_curated", "acc1")]

@@ -2,7 +2,7 @@
 normalised word histograms -> linear SVM / RBF SVM / histogram-intersection SVM / random forest, logged
 like any training run.
 
-    from imgtrain import bow
+    from imgtrain.studies import bow
     train = bow.extract_split("shards/scene15", "train", bow.DetectorSpec("sift"))
     vocab = bow.fit_vocabulary(train.descriptors, 200, binary=False, seed=0)
     X = bow.histograms(train.descriptors, vocab, norm="l2", binary=False)

@@ -57,7 +57,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STUDIES_DIR = REPO / "jobs" / "studies"
 
 OUR_SPLITS = ("train", "val", "test", "run")
@@ -427,11 +427,11 @@ def our_value(number: Number, run, runs) -> tuple[Optional[float], str]:
     splits = _logged_split(run, number.our_split)
     if not splits:
         return None, f"no logged split holds the {number.our_split} data"
-    from imgtrain import analysis
+    from imgtrain.analysis.board import _select
 
     tried = []
     for split in splits:
-        t = analysis._select(rows, split, number.metric, columns=("epoch", "step", "value"))
+        t = _select(rows, split, number.metric, columns=("epoch", "step", "value"))
         if t.num_rows == 0:
             tried.append(f"{split}/{number.metric}")
             continue
@@ -595,7 +595,7 @@ def write_csv(cmp: Comparison, path: str | os.PathLike) -> Path:
 def plot_group(cmp: Comparison, group: str, out: str | os.PathLike) -> Optional[Path]:
     """Study vs ours bars for one experiment group: one panel per (metric, our split, unit), one bar pair
     per experiment. None when the group has no comparable number."""
-    from imgtrain.analysis import _figure, _save
+    from imgtrain.analysis.plots import _figure, _save
 
     panels: dict[tuple, list[dict]] = {}
     for r in cmp.rows:

@@ -1,7 +1,7 @@
 """DCGAN (Radford, Metz & Chintala 2016) for MNIST/Fashion-MNIST-format grey images, run as a
 resumable job that logs to the Parquet metrics schema (DESIGN §2-§4).
 
-    from imgtrain import dcgan
+    from imgtrain.studies import dcgan
     images, labels = dcgan.load_mnist_dir("data/fashion-mnist")     # IDX files, .gz or plain
     G, D = dcgan.Generator(nz=100, img_size=28), dcgan.Discriminator(img_size=28)
 
@@ -572,7 +572,7 @@ def build_parser():
     p.add_argument("--ndf", type=int, default=64, help="discriminator width: channels of its first layer (default 64)")
     p.add_argument("--d-norm", choices=D_NORMS, default="none",
                    help="discriminator normalisation: none (default) or batch (BatchNorm after each strided conv but "
-                        "the first, as in the paper; it collapsed the generator on digits, see imgtrain/dcgan.py)")
+                        "the first, as in the paper; it collapsed the generator on digits, see imgtrain/studies/dcgan.py)")
     p.add_argument("--d-extra-conv", type=int, default=0, metavar="N",
                    help="one more 3x3 convolution of N filters after the discriminator's first (S001's PyTorch "
                         "port: 32); default 0, none")
