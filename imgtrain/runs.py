@@ -24,6 +24,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from imgtrain.config import config_hash
 from imgtrain.logs.atomic import atomic_write_text, fsync_dir, is_temp_name
+from imgtrain.logs.lock import Locked, acquire as acquire_lock  # noqa: F401 (callers catch runs.Locked)
 from imgtrain.logs.parquet import compact_metrics, write_summary
 from imgtrain.logs.runinfo import RUN_JSON, end_attempt, now_iso, resolve_root, start_attempt
 
@@ -45,6 +46,8 @@ STOPPED = "STOPPED"  # by SIGUSR1/SIGTERM (or a halving rung) after writing last
 RUNNING = "running"  # written by start_attempt, until the attempt ends
 
 RUNS = "runs"
+# the run directory's owner while an attempt runs (imgtrain/logs/lock.py): host, pid, SLURM job, heartbeat
+LOCK = "LOCK"
 
 
 # --------------------------------------------------------------------------- id and directory
@@ -230,28 +233,36 @@ def attempt(rdir: str | os.PathLike, *, run_id: str, sweep: Optional[str] = None
     `write=False` (ranks other than 0) writes nothing; the caller shares the number (a broadcast)."""
     rdir = Path(rdir)
     number = None
+    lock = None
     if write:
         rdir.mkdir(parents=True, exist_ok=True)
-        if config_yaml is not None:
-            atomic_write_text(rdir / "config.yaml", config_yaml)
-        number = start_attempt(rdir, run_id=run_id, sweep=sweep, cell=cell, config_hash=config_hash,
-                               world_size=world_size, hosts=hosts)
-    a = Attempt(rdir, number, write)
+        # the run's owner first: a second process on the same run stops here, before it writes anything
+        lock = acquire_lock(rdir / LOCK, what=f"run {run_id}")
     try:
-        yield a
-    except BaseException as e:
-        if write and a.number is not None:
-            a.reason = record_failure(rdir, a.number, e)
-        else:
-            a.reason = failure_text(e)
-        a.status, a.exit_code = FAILED, 1
-        raise
-    if a.status is None:
-        a.end(DONE, 0)
-    if write:
-        end_attempt(rdir, a.number, status=a.status, exit_code=a.exit_code, reason=a.reason)
-        if a.status == DONE:
-            compact_metrics(rdir, strict=False)
+        if write:
+            if config_yaml is not None:
+                atomic_write_text(rdir / "config.yaml", config_yaml)
+            number = start_attempt(rdir, run_id=run_id, sweep=sweep, cell=cell, config_hash=config_hash,
+                                   world_size=world_size, hosts=hosts)
+        a = Attempt(rdir, number, write)
+        try:
+            yield a
+        except BaseException as e:
+            if write and a.number is not None:
+                a.reason = record_failure(rdir, a.number, e)
+            else:
+                a.reason = failure_text(e)
+            a.status, a.exit_code = FAILED, 1
+            raise
+        if a.status is None:
+            a.end(DONE, 0)
+        if write:
+            end_attempt(rdir, a.number, status=a.status, exit_code=a.exit_code, reason=a.reason)
+            if a.status == DONE:
+                compact_metrics(rdir, strict=False)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 # --------------------------------------------------------------------------- monitored metric

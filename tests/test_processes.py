@@ -142,3 +142,24 @@ def test_a_failure_mid_epoch_with_loader_workers_exits(digits_shards, tmp_path, 
                           env={**os.environ, "TMPDIR": str(tmp_path / "scratch")})
     assert proc.returncode == 1 and time.time() - t0 < 100, proc.stderr[-2000:]
     assert "exceed data.max_bad_fraction" in (tmp_path / "runs/r/FAILED").read_text()
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_run_the_second_stops_naming_the_first(digits_shards, tmp_path):
+    """Before: both trained to the end, run.json recorded one attempt and their metric rows mixed."""
+    cmd = [PY, ROOT / "jobs/train.py", "--config", CFG, f"data.path={digits_shards}", "trainer.epochs=200",
+           f"output.root={tmp_path}", "output.run=r"]
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "runs/r/LOCK").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert first.poll() is None, "the first run ended before the second started: make it longer"
+    first.send_signal(signal.SIGTERM)  # then the first stops cleanly: its own attempt, nobody else's rows
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 75, err[-2000:]
+    assert second.returncode == 1 and "run r is in use by another process" in second.stderr
+    assert f"pid {first.pid}" in second.stderr
+    from imgtrain.logs import read_run
+    assert [a["status"] for a in read_run(tmp_path / "runs/r")["attempts"]] == ["STOPPED"]
+    assert not (tmp_path / "runs/r/FAILED").exists() and not (tmp_path / "runs/r/LOCK").exists()

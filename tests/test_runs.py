@@ -231,3 +231,70 @@ def test_imports_no_torch():
            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- the run's owner (issue 20)
+
+def _holder(path):
+    return json.loads(path.read_text())
+
+
+def test_a_second_attempt_on_a_run_in_use_stops_before_writing(tmp_path):
+    rdir = tmp_path / "r"
+    with runs.attempt(rdir, run_id="r", config_yaml="a: 1\n") as a:
+        held = _holder(rdir / runs.LOCK)
+        assert held["pid"] == __import__("os").getpid() and held["host"]
+        before = sorted(p.name for p in rdir.iterdir())
+        run_json = (rdir / "run.json").read_text()
+        with pytest.raises(runs.Locked) as e:
+            with runs.attempt(rdir, run_id="r", config_yaml="a: 2\n"):
+                pass
+        assert "run r is in use by another process" in str(e.value) and f"pid {held['pid']}" in str(e.value)
+        assert sorted(p.name for p in rdir.iterdir()) == before and (rdir / "run.json").read_text() == run_json
+        assert (rdir / "config.yaml").read_text() == "a: 1\n"
+        a.done()
+    assert not (rdir / runs.LOCK).exists()  # released at the end
+    assert [x["status"] for x in read_run(rdir)["attempts"]] == ["DONE"]
+
+
+def test_a_stale_lock_is_taken_over_and_a_live_one_is_not(tmp_path, monkeypatch):
+    import os
+    import socket
+    import time
+    from imgtrain.logs import lock as L
+    path = tmp_path / "LOCK"
+    logs = []
+
+    def plant(**holder):
+        path.write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "since": "then", **holder}))
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    plant(pid=dead.pid)  # this host, its process gone (a kill -9)
+    L.acquire(path, what="run x", log=logs.append).release()
+    assert "its process is gone" in logs[-1]
+    plant(pid=os.getppid(), pid_start=L._proc_start(os.getppid()))  # this host, alive
+    with pytest.raises(L.Locked, match=f"pid {os.getppid()}"):
+        L.acquire(path, what="run x", log=logs.append)
+    plant(host="elsewhere", pid=7)  # another node, heartbeat fresh: cannot be asked, so it holds
+    with pytest.raises(L.Locked, match="host elsewhere"):
+        L.acquire(path, what="run x", log=logs.append)
+    old = time.time() - 400
+    os.utime(path, (old, old))  # ... until its heartbeat is 300 s old
+    L.acquire(path, what="run x", log=logs.append).release()
+    assert "no heartbeat for" in logs[-1]
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    plant(host="elsewhere", pid=7, slurm_job="4242")  # an earlier start of this (requeued) job
+    L.acquire(path, what="run x", log=logs.append).release()
+    assert "earlier start of this SLURM job" in logs[-1]
+
+
+def test_the_heartbeat_touches_the_lock(tmp_path):
+    import time
+    from imgtrain.logs import lock as L
+    lock = L.acquire(tmp_path / "LOCK", heartbeat_s=0.1)
+    first = (tmp_path / "LOCK").stat().st_mtime_ns
+    time.sleep(0.5)
+    assert (tmp_path / "LOCK").stat().st_mtime_ns > first
+    lock.release()
+    assert not (tmp_path / "LOCK").exists()

@@ -1,0 +1,162 @@
+"""The owner of a directory on a shared filesystem: one lock file, created atomically, refreshed by a heartbeat.
+
+Two processes training the same run at once (a job started twice, a sweep cell and a hand-started run, a
+requeued job whose first copy still runs) would write the same checkpoints and metric rows. The first takes
+the lock; the second stops before it writes anything, naming the holder (host, pid, SLURM job).
+
+Why a file created with O_EXCL and not fcntl/flock: O_EXCL creation is atomic on NFSv3+ and Lustre/GPFS, while
+POSIX locks depend on a lock daemon some cluster mounts lack, and vanish silently when it restarts. A holder
+that was killed leaves its file behind, so a lock is *stale*, and is taken over, when
+- its holder ran on this host and that process is gone (pid and start time), or
+- its holder was a step of this very SLURM job (a requeued job restarts after every process of the previous
+  run of the job was killed), or
+- SLURM says the holder's job is no longer running, or
+- its heartbeat (the file's mtime, touched every `heartbeat_s`) is older than `stale_after_s`: a holder on
+  another node that can no longer be asked.
+Taking over renames the stale file away first (rename is atomic: of two processes taking over at once, one
+wins the rename, the other finds the new holder's file).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+
+class Locked(RuntimeError):
+    """Another live process holds the lock."""
+
+
+def _proc_start(pid: int) -> Optional[str]:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): a pid reused by another
+    process has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive_here(holder: dict) -> bool:
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    start = _proc_start(pid)
+    return start is not None and (holder.get("pid_start") in (None, start))
+
+
+def _slurm_job_running(job: str) -> Optional[bool]:
+    """True/False from squeue; None when SLURM cannot be asked (no squeue, no controller)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job), "-o", "%T"], capture_output=True, text=True,
+                             timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return False if "Invalid job id" in out.stderr else None
+    return out.stdout.strip() not in ("", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED",
+                                      "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
+
+
+def describe(holder: dict) -> str:
+    job = f", SLURM job {holder['slurm_job']}" if holder.get("slurm_job") else ""
+    return f"host {holder.get('host')}, pid {holder.get('pid')}{job}, since {holder.get('since')}"
+
+
+def why_stale(holder: dict, age_s: float, stale_after_s: float) -> Optional[str]:
+    """Why a lock held by `holder` (its file untouched for `age_s`) may be taken over, or None."""
+    if holder.get("host") == socket.gethostname():
+        return None if _alive_here(holder) else "its process is gone"
+    mine = os.environ.get("SLURM_JOB_ID")
+    if mine and holder.get("slurm_job") == mine:
+        return "it was an earlier start of this SLURM job"
+    if holder.get("slurm_job") and _slurm_job_running(holder["slurm_job"]) is False:
+        return f"SLURM job {holder['slurm_job']} is no longer running"
+    if age_s > stale_after_s:
+        return f"no heartbeat for {age_s:.0f} s"
+    return None
+
+
+@dataclass
+class DirLock:
+    path: Path
+    holder: dict
+    heartbeat_s: float = 30.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: Optional[threading.Thread] = None
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass  # the next beat tries again; a lost lock file is found by whoever checks it
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            if json.loads(self.path.read_text()).get("token") == self.holder["token"]:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    def __enter__(self) -> "DirLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def acquire(path: str | os.PathLike, *, what: str = "this directory", heartbeat_s: float = 30.0,
+            stale_after_s: float = 300.0, log: Callable[[str], None] = print) -> DirLock:
+    """Take the lock file `path` or raise Locked naming its holder. See the module docstring for staleness."""
+    path = Path(path)
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _proc_start(os.getpid()),
+              "slurm_job": os.environ.get("SLURM_JOB_ID"), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "token": uuid.uuid4().hex}
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                other = json.loads(path.read_text())
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released or taken over meanwhile: try again
+            except (OSError, ValueError):
+                # being written this instant (a holder creates, then writes), or damaged: judge by age alone
+                other, age = {}, time.time() - path.stat().st_mtime
+                if age < 10:
+                    time.sleep(0.5)
+                    continue
+            why = why_stale(other, age, stale_after_s) if other else "its lock file is unreadable"
+            if why is None:
+                raise Locked(f"{what} is in use by another process ({describe(other)}); it holds {path}. "
+                             "Wait for it to end, or stop it; if it is dead on a node that cannot be asked, "
+                             f"its lock counts as stale {stale_after_s:.0f} s after its last heartbeat")
+            aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}")
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                continue  # another process took it over first
+            aside.unlink(missing_ok=True)
+            log(f"[imgtrain] taking over the lock of {what} from {describe(other) if other else 'nobody'}: {why}")
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(holder, f)
+            f.flush()
+            os.fsync(f.fileno())
+        lock = DirLock(path, holder, heartbeat_s)
+        lock._thread = threading.Thread(target=lock._beat, name="imgtrain-lock-heartbeat", daemon=True)
+        lock._thread.start()
+        return lock
+    raise Locked(f"could not take {path}: it changed hands five times in a row")
