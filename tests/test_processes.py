@@ -163,3 +163,29 @@ def test_two_processes_on_one_run_the_second_stops_naming_the_first(digits_shard
     from imgtrain.logs import read_run
     assert [a["status"] for a in read_run(tmp_path / "runs/r")["attempts"]] == ["STOPPED"]
     assert not (tmp_path / "runs/r/FAILED").exists() and not (tmp_path / "runs/r/LOCK").exists()
+
+
+@pytest.mark.slow
+def test_ranks_die_with_a_torchrun_launcher_killed_with_9_and_the_run_resumes(digits_shards, tmp_path):
+    """Before: the ranks trained on without their agent (and would now hold the run's lock)."""
+    args = ["--config", CFG, f"data.path={digits_shards}", "trainer.epochs=200", f"output.root={tmp_path}",
+            "output.run=r", "data.batch_size=8", "trainer.ckpt_every_steps=20"]
+    launcher = subprocess.Popen([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 ROOT / "jobs/train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while not (tmp_path / "runs/r/checkpoints/last.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert (tmp_path / "runs/r/checkpoints/last.pt").exists()
+    ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "jobs/train.py" in
+             " ".join(p.cmdline())]
+    assert len(ranks) == 2
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    gone, alive = psutil.wait_procs(ranks, timeout=30)
+    assert not alive
+    # the next start takes the dead rank 0's lock over and resumes
+    proc = subprocess.run([PY, ROOT / "jobs/train.py", *args, "trainer.stop_after_epochs=1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 75, proc.stderr[-2000:]  # stopped after its first epoch, as asked
+    assert "taking over the lock of run r" in proc.stdout and "resumed r" in proc.stdout, proc.stdout[-2000:]

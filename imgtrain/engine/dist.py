@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from imgtrain.config import Config
+from shards.procs import die_with_parent
 
 
 @dataclass
@@ -45,6 +47,11 @@ def _export_submitit_env() -> None:
 
 def init(cfg: Config) -> DistEnv:
     _export_submitit_env()
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # a rank whose torchrun agent was killed (-9, the OOM killer) used to train on, holding the run's lock;
+        # it dies with it instead. SIGKILL, not SIGTERM: a rank blocked in a collective on a peer that died too
+        # would act on SIGTERM only after dist.timeout_s. Checkpoints are atomic: the last one stays good.
+        die_with_parent(signal.SIGKILL)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
