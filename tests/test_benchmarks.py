@@ -41,6 +41,7 @@ def test_gpu_throughput_smoke_measures_every_part(tmp_path):
     assert "the engine consumes" in proc.stdout and "data.decode_on=device: nvJPEG" in proc.stdout
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_gpu_deepspeed_smoke_runs_single_ddp_and_zero2(tmp_path):
     out = tmp_path / "figures.json"

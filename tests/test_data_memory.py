@@ -173,6 +173,7 @@ def test_memory_signal_then_resume_is_bit_identical(digits_shards, tmp_path):
     assert attempts(resumed / "runs/ft") == ["STOPPED", "DONE"]
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_memory_ddp_ranks_train_on_the_single_process_samples(digits_shards, tmp_path):
     """2 ranks (both open the cache under its file lock) train per step on the samples one process trains on."""

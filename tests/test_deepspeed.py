@@ -42,6 +42,7 @@ def ddp_run(digits_shards, tmp_path_factory):
     return root / "runs/ddp"
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_stages_follow_the_ddp_loss_curve(digits_shards, tmp_path, ddp_run, stage):
     run_cmd(train_cmd(CFG, *args(digits_shards, tmp_path, "ds", "trainer.max_steps=20", "dist.strategy=deepspeed",
@@ -55,6 +56,7 @@ def test_zero_stages_follow_the_ddp_loss_curve(digits_shards, tmp_path, ddp_run,
     assert (tmp_path / "runs/ds/DONE").exists()
 
 
+@pytest.mark.multiproc
 def test_signal_resume_is_exact_and_kill_during_save_keeps_the_previous(digits_shards, tmp_path):
     common = ["dist.strategy=deepspeed", "dist.zero_stage=2", "trainer.ckpt_every_steps=20"]
     straight, resumed = tmp_path / "a", tmp_path / "b"
@@ -95,6 +97,7 @@ def test_signal_resume_is_exact_and_kill_during_save_keeps_the_previous(digits_s
     assert other.returncode == 1 and "ds_to_universal" in other.stderr and "resume it with 2 ranks" in other.stderr
 
 
+@pytest.mark.multiproc
 def test_export_loads_into_the_evaluation_path(digits_shards, tmp_path):
     run_cmd(train_cmd(CFG, *args(digits_shards, tmp_path, "ds", "dist.strategy=deepspeed", "dist.zero_stage=3"),
                       nproc=2))

@@ -65,6 +65,7 @@ def test_single_process_run_end_to_end(digits_shards, tmp_path):
     assert "already DONE" in again.stdout
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_ddp_two_processes_equal_single_process(digits_shards, tmp_path):
     common = [f"data.path={digits_shards}", f"output.root={tmp_path}", "trainer.max_steps=20", "trainer.epochs=1"]

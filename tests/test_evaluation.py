@@ -182,6 +182,7 @@ def test_evaluate_reproduces_the_runs_test_metrics(run, evaluated, digits_shards
     assert np.mean(table["loss"].to_numpy()) == pytest.approx(expected["metrics"]["loss"], rel=1e-4)
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_evaluate_under_torchrun_gives_the_same_results(run, evaluated, tmp_path):
     out, _ = evaluated
@@ -314,6 +315,7 @@ def test_evaluate_score_distributions(tmp_path):
 
 # ------------------------------------------------------------------------------------------ features
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_extract_named_layer_same_files_with_one_and_two_processes(run, evaluated, tmp_path):
     # the run's OMP_NUM_THREADS=1 (run_cmd, torchrun) keeps float results bit-identical across process counts

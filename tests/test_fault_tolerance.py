@@ -153,6 +153,7 @@ def test_damaged_checkpoints_fall_back_or_stop_clearly(digits_shards, tmp_path, 
     assert changed.returncode == 1 and "config hash" in changed.stderr
 
 
+@pytest.mark.multiproc
 def test_resume_on_fewer_ranks_sees_each_sample_once(digits_shards, tmp_path):
     trace = tmp_path / "trace"
     args = overrides(digits_shards, tmp_path, "ft", "data.batch_size=8")
@@ -171,6 +172,7 @@ def test_resume_on_fewer_ranks_sees_each_sample_once(digits_shards, tmp_path):
     assert [a["world_size"] for a in run["attempts"]] == [2, 1]
 
 
+@pytest.mark.multiproc
 def test_a_dead_rank_fails_the_job_promptly_and_it_resumes(digits_shards, tmp_path):
     args = overrides(digits_shards, tmp_path, "ft", "trainer.epochs=3", "trainer.ckpt_every_steps=20",
                      "dist.timeout_s=30")

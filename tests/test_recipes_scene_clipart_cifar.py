@@ -391,6 +391,7 @@ dist.close(env)
 '''
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_cifar10_transfer_unfreezes_under_ddp(data, root, tmp_path, tmp_path_factory):
     """Under DDP (2 processes, gloo) the backbone's gradients are averaged once it unfreezes: DDP only syncs

@@ -7,6 +7,7 @@ from shards.cli import main
 from shards.manifest import load_manifest
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_submitit_local_array_gives_the_same_shards(tmp_path, capsys):
     write_cifar10(tmp_path / "src", n_per_batch=6, n_test=6)

@@ -241,6 +241,7 @@ def test_generic_recipe_and_array_task_dry_run(digits_shards, tmp_path):
 
 # ------------------------------------------------------------------------------------------- one node
 
+@pytest.mark.multiproc
 def test_one_node_two_processes_to_done_then_done_is_left_alone(submitted, slurm_cluster, ava_shards, tmp_path):
     overrides = [f"data.path={ava_shards}", f"output.root={tmp_path}", *TINY, "trainer.epochs=2"]
     job = submit(submitted, slurm_cluster, tmp_path, *overrides, sbatch=["--cpus-per-task=2"],
@@ -419,6 +420,7 @@ def test_array_tasks_train_one_run_each_and_a_signalled_task_requeues_alone(subm
 
 # ------------------------------------------------------------------------------------------- two nodes
 
+@pytest.mark.multiproc
 def test_two_nodes_one_process_each_preempted_and_resumed(submitted, slurm_multinode, ava_shards, tmp_path):
     """Real multi-node torchrun (node1 and node2 are network namespaces), submitted from elsewhere than
     the repository with IMGTRAIN_HOME; stopped mid-run with USR1 to the batch shell, it resumes on both

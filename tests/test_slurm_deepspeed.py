@@ -37,6 +37,7 @@ def ds_reference(ava_shards, tmp_path_factory):  # noqa: F811
     return ds_weights(the_run_dir(root))
 
 
+@pytest.mark.multiproc
 def test_deepspeed_on_two_nodes_preempted_and_resumed_exactly(submitted, slurm_multinode, ava_shards,  # noqa: F811
                                                               tmp_path, ds_reference):
     """The USR1 comes from the trainer's test hook (rank 0 on node1 signals itself after step 3): a
@@ -66,6 +67,7 @@ def test_deepspeed_on_two_nodes_preempted_and_resumed_exactly(submitted, slurm_m
         f"{len(different)} tensors differ from the uninterrupted run; attempts: {info['attempts']}{job.logs()}"
 
 
+@pytest.mark.multiproc
 def test_deepspeed_sweep_cell_with_two_submitit_tasks_across_two_nodes(slurm_multinode, digits_shards, tmp_path):
     """jobs/sweep.py submits the cell as a submitit array task with 2 tasks (one per node); the trainer takes
     rank and world size from submitit's TorchDistributedEnvironment. No accounting on this cluster: the

@@ -240,6 +240,7 @@ def test_preflight_imports_no_engine(digits_shards, tmp_path):
 
 # ----------------------------------------------------------------------------------------- local executor
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_local_sweep_is_idempotent(digits_shards, tmp_path, capsys):
     root = tmp_path / "root"
