@@ -165,6 +165,7 @@ def test_two_processes_on_one_run_the_second_stops_naming_the_first(digits_shard
     assert not (tmp_path / "runs/r/FAILED").exists() and not (tmp_path / "runs/r/LOCK").exists()
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_ranks_die_with_a_torchrun_launcher_killed_with_9_and_the_run_resumes(digits_shards, tmp_path):
     """Before: the ranks trained on without their agent (and would now hold the run's lock)."""
