@@ -9,7 +9,7 @@ from imgtrain.engine.signals import catch_early  # noqa: E402  (no torch: instal
 
 catch_early()  # a preemption signal during the imports below stops the run after its first step
 
-from imgtrain.engine.trainer import main  # noqa: E402
+from imgtrain.engine.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -80,10 +80,12 @@ def digits_shards(tmp_path_factory) -> Path:
 
 
 def train_cmd(config, *overrides, nproc=1):
+    """jobs/train.py's command line, through tests/hooked_train.py: the IMGTRAIN_TEST_* variables a test sets
+    become the engine's hooks (imgtrain.engine.hooks)."""
     if nproc == 1:
-        return [PY, ROOT / "jobs/train.py", "--config", config, *overrides]
+        return [PY, ROOT / "tests/hooked_train.py", "--config", config, *overrides]
     cmd = [PY, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           ROOT / "jobs/train.py", "--config", config, *overrides]
+           ROOT / "tests/hooked_train.py", "--config", config, *overrides]
     check_multiproc_marker(cmd)
     return cmd
 

@@ -408,12 +408,13 @@ def gan(mnist_dir, root, *extra):
 
 def paused_in_save(mnist_dir, root, save: int) -> tuple[subprocess.Popen, Path]:
     """Start run g and return once it waits inside checkpoint save number `save` (the checkpoint test
-    hook of imgtrain.engine.checkpoint): the process, and the flag file whose removal lets it go on."""
+    seam of imgtrain.engine.checkpoint, set by tests/hooked_dcgan.py): the process, and the flag file whose
+    removal lets it go on."""
     flag = root / "paused"
     env = dict(os.environ, OMP_NUM_THREADS="1", IMGTRAIN_TEST_PAUSE_IN_SAVE=str(flag),
                IMGTRAIN_TEST_PAUSE_AT_SAVE=str(save))
-    proc = subprocess.Popen([str(PY), str(GAN), "--mnist-dir", str(mnist_dir), *GAN_ARGS, "--out", str(root),
-                             "--run", "g"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([str(PY), str(ROOT / "tests/hooked_dcgan.py"), "--mnist-dir", str(mnist_dir), *GAN_ARGS,
+                             "--out", str(root), "--run", "g"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     deadline = time.time() + 180
     while not flag.exists() and proc.poll() is None and time.time() < deadline:

@@ -184,7 +184,7 @@ def test_a_dead_rank_fails_the_job_promptly_and_it_resumes(digits_shards, tmp_pa
     while not ckpt.exists() and time.time() < deadline:
         time.sleep(0.2)
     assert ckpt.exists()
-    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "jobs/train.py" in " ".join(p.cmdline())]
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
     rank1 = [p for p in workers if p.environ().get("RANK") == "1"]
     assert len(rank1) == 1
     killed_at = time.time()

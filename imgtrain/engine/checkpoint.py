@@ -1,7 +1,8 @@
 """Atomic checkpoints (DESIGN §4): temp file + fsync + rename; last/best/top-k; fallback on load.
 
 `last.pt` is replaced in two renames (old last -> last.prev.pt, temp -> last.pt), so whatever moment a
-kill lands, one whole checkpoint remains. Loading tries last, then prev, and says why it skipped one.
+kill lands, one whole checkpoint remains. Loading tries last, then prev, and says why it skipped one;
+`resume_newest` is that rule for every strategy (DeepSpeed's tags too).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -23,36 +24,47 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def atomic_save(obj, path: Path) -> None:
+def atomic_save(obj, path: Path, on_temp: Optional[Callable[[Path], None]] = None) -> None:
+    """`on_temp(temp path)` is called once the temporary file is complete, before the rename (a test seam)."""
     path = Path(path)
     tmp = temp_path(path)
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-    _test_pause(tmp)
+    if on_temp is not None:
+        on_temp(tmp)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
 
-_saves = 0
+class Unusable(Exception):
+    """A checkpoint candidate that cannot be resumed from; the message says why."""
 
 
-def _test_pause(tmp: Path) -> None:
-    """Test hook: at save number $IMGTRAIN_TEST_PAUSE_AT_SAVE (default 1), write the temp file's name to
-    $IMGTRAIN_TEST_PAUSE_IN_SAVE and wait until a test deletes that file (or kills us mid-save)."""
-    global _saves
-    flag = os.environ.get("IMGTRAIN_TEST_PAUSE_IN_SAVE")
-    if not flag:
-        return
-    _saves += 1
-    if _saves != int(os.environ.get("IMGTRAIN_TEST_PAUSE_AT_SAVE", "1")):
-        return
-    import time
-    Path(flag).write_text(str(tmp))
-    deadline = time.time() + 120
-    while Path(flag).exists() and time.time() < deadline:
-        time.sleep(0.05)
+def resume_newest(directory: Path, names: Iterable[str], load: Callable[[str], Optional[dict]],
+                  kind: str = "checkpoint") -> Optional[dict]:
+    """The state of the first of `names` (newest first) that `load(name)` returns; `load` returns None for
+    one that is not there and raises Unusable for one that is there but cannot be used. None only when no
+    candidate is there at all: a present but unusable set is an error (a run never silently starts from
+    scratch over existing progress), and each skipped one is a warning."""
+    problems = []
+    for name in names:
+        try:
+            state = load(name)
+        except Unusable as e:
+            problems.append(f"{name}: {e}")
+            continue
+        if state is None:
+            continue
+        for p in problems:
+            warnings.warn(f"skipped {kind} {directory}/{p}; resuming from {name}")
+        return state
+    if problems:
+        raise CheckpointError(f"no usable {kind} in {directory}, refusing to start over existing progress:\n  "
+                              + "\n  ".join(problems)
+                              + "\nmove the directory away (or set output.run=NEW_ID) to start a fresh run")
+    return None
 
 
 def rng_state() -> dict:
@@ -84,14 +96,15 @@ def _to_tuple(x):
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, keep_top_k: int = 0, mode: str = "max"):
+    def __init__(self, directory: Path, keep_top_k: int = 0, mode: str = "max",
+                 on_temp: Optional[Callable[[Path], None]] = None):
         self.dir = Path(directory)
-        self.keep_top_k, self.mode = keep_top_k, mode
+        self.keep_top_k, self.mode, self.on_temp = keep_top_k, mode, on_temp
 
     def save_last(self, state: dict) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{LAST}.new"
-        atomic_save(state, tmp)
+        atomic_save(state, tmp, self.on_temp)
         if (self.dir / LAST).exists():
             os.replace(self.dir / LAST, self.dir / PREV)
         os.replace(tmp, self.dir / LAST)
@@ -99,13 +112,13 @@ class Checkpointer:
         return self.dir / LAST
 
     def save_best(self, state: dict) -> Path:
-        atomic_save(state, self.dir / BEST)
+        atomic_save(state, self.dir / BEST, self.on_temp)
         return self.dir / BEST
 
     def save_top_k(self, state: dict, epoch: int, value: float) -> None:
         if self.keep_top_k <= 0:
             return
-        atomic_save(state, self.dir / f"top-e{epoch:04d}-{value:.6g}.pt")
+        atomic_save(state, self.dir / f"top-e{epoch:04d}-{value:.6g}.pt", self.on_temp)
         entries = []
         for p in self.dir.glob("top-e*.pt"):
             try:
@@ -125,29 +138,20 @@ class Checkpointer:
         `check_model(state)` raises on a model mismatch. A present but unusable set of checkpoints is an
         error: a run never silently starts from scratch over existing progress.
         """
-        candidates = [self.dir / n for n in (LAST, f".{LAST}.new", PREV)]
-        problems = []
-        for path in candidates:
+        def load(name: str) -> Optional[dict]:
+            path = self.dir / name
             if not path.exists():
-                continue
+                return None
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:  # truncated or not a checkpoint at all
-                problems.append(f"{path.name}: unreadable ({type(e).__name__}: {str(e)[:200]})")
-                continue
+                raise Unusable(f"unreadable ({type(e).__name__}: {str(e)[:200]})") from None
             if state.get("config_hash") != config_hash:
-                problems.append(f"{path.name}: config hash {state.get('config_hash')} != this run's {config_hash}")
-                continue
+                raise Unusable(f"config hash {state.get('config_hash')} != this run's {config_hash}")
             try:
                 check_model(state)
             except Exception as e:
-                problems.append(f"{path.name}: does not fit the model ({str(e)[:300]})")
-                continue
-            for p in problems:
-                warnings.warn(f"skipped checkpoint {self.dir}/{p}; resuming from {path.name}")
+                raise Unusable(f"does not fit the model ({str(e)[:300]})") from None
             return state
-        if problems:
-            raise CheckpointError(f"no usable checkpoint in {self.dir}, refusing to start over existing progress:\n  "
-                                  + "\n  ".join(problems)
-                                  + "\nmove the directory away (or set output.run=NEW_ID) to start a fresh run")
-        return None
+
+        return resume_newest(self.dir, (LAST, f".{LAST}.new", PREV), load)

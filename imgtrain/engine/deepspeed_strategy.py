@@ -1,4 +1,5 @@
-"""DeepSpeed underneath the same engine: config mapping, initialize, complete-only checkpoints, export.
+"""DeepSpeed underneath the same engine (strategy.Strategy): config mapping, initialize, complete-only
+checkpoints, export.
 
 The trainer keeps its data pipeline, optimizer, scheduler, logs and resume guarantees; DeepSpeed gets
 the model and our torch optimizer and does ZeRO partitioning, mixed precision, accumulation and
@@ -7,18 +8,18 @@ and the tag has been renamed and recorded in `checkpoints/deepspeed/last`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
-import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from imgtrain.config import Config, ConfigError
-from imgtrain.engine.checkpoint import _test_pause
+from imgtrain.engine.checkpoint import Unusable, resume_newest
 from imgtrain.logs.atomic import atomic_write_text
 
 # DeepSpeed config keys that imgtrain sets from its own config, and where the user sets them instead.
@@ -106,9 +107,21 @@ def _import_deepspeed():
 
 
 class DeepSpeedStrategy:
-    def __init__(self, cfg: Config, model: torch.nn.Module, optimizer, env, ckpt_dir: Path):
+    """strategy.Strategy on DeepSpeed: the engine does mixed precision (weights held in bf16/fp16, so the
+    inputs are cast and there is no autocast), accumulation, clipping and the step; checkpoints are tags
+    under checkpoints/deepspeed/ with the trainer's state as DeepSpeed's client state."""
+    autocast = contextlib.nullcontext  # DeepSpeed holds the weights in bf16/fp16 itself
+    optimizer_state_has_lr = False  # DeepSpeed's optimizer state has no lr: the schedule sets it on resume
+
+    def __init__(self, cfg: Config, model: torch.nn.Module, optimizer, env, ckpt_dir: Path,
+                 on_checkpoint_temp: Optional[Callable[[Path], None]] = None):
+        if cfg.model.unfreeze_at_epoch is not None:  # DeepSpeed fixes its trainable parameters at start-up
+            raise ConfigError("model.unfreeze_at_epoch does not work with dist.strategy=deepspeed; use ddp")
         deepspeed = _import_deepspeed()
         self.cfg, self.env, self.dir = cfg, env, Path(ckpt_dir) / "deepspeed"
+        self.on_checkpoint_temp = on_checkpoint_temp
+        self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision)
+        self.eval_lockstep = cfg.dist.zero_stage == 3  # ZeRO-3 gathers parameters collectively in each forward
         # one process without torchrun: DeepSpeed still wants a process group. We make it (DeepSpeed then
         # adopts it) so that it is bound to our device (NCCL warns at every barrier otherwise) and so that
         # close() can destroy it
@@ -124,6 +137,7 @@ class DeepSpeedStrategy:
                                    auto_mpi_discovery=False)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=ds_config(cfg, env.world))
+        self.module = torch.compile(self.engine) if cfg.trainer.compile else self.engine
 
     def close(self) -> None:
         """Destroy the one-process group made at start-up (a torchrun group is dist.close()'s)."""
@@ -132,10 +146,28 @@ class DeepSpeedStrategy:
         self.own_group = False
 
     # ---------------------------------------------------------------- steps
-    def backward_step(self, loss: torch.Tensor) -> None:
+    def accumulating(self, sync: bool):
+        return contextlib.nullcontext()  # DeepSpeed knows the accumulation boundary itself
+
+    def backward(self, loss: torch.Tensor) -> None:
         """DeepSpeed scales for accumulation, reduces, clips and steps at the boundary itself."""
         self.engine.backward(loss)
         self.engine.step()
+
+    def optimizer_step(self, step: int) -> None:
+        pass  # DeepSpeed stepped already in backward()
+
+    def params_changed(self) -> None:
+        raise ConfigError("model.unfreeze_at_epoch does not work with dist.strategy=deepspeed; use ddp")
+
+    def eval_module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    def test_model(self, new_model) -> tuple[Optional[torch.nn.Module], bool]:
+        """Consolidated fp32 weights of the best tag in a plain model."""
+        model = new_model().to(self.env.device)
+        model.load_state_dict(self.best_state_dict())
+        return model, (self.dir / (self._pointer("best") or "")).exists()
 
     # ---------------------------------------------------------------- checkpoints
     def _tags(self) -> list[str]:
@@ -143,20 +175,21 @@ class DeepSpeedStrategy:
             return []
         return sorted((p.name for p in self.dir.iterdir() if p.is_dir() and p.name.startswith("step")), reverse=True)
 
-    def save(self, client_state: dict, step: int, *, best: bool = False) -> None:
-        """Collective. Every rank writes its part under a temporary tag; rank 0 publishes it."""
+    def save(self, client_state: dict, *, step: int, improved: bool = False, value=None, epoch=None) -> None:
+        """Collective. Every rank writes its part under a temporary tag; rank 0 publishes it (no top-k here)."""
         tag, tmp = f"step{step:09d}", f".tmp-step{step:09d}"
         if self.env.is_main:
             shutil.rmtree(self.dir / tmp, ignore_errors=True)
         self.engine.save_checkpoint(str(self.dir), tag=tmp, client_state=client_state, save_latest=False)
         if self.env.is_main:
-            _test_pause(self.dir / tmp)
+            if self.on_checkpoint_temp is not None:
+                self.on_checkpoint_temp(self.dir / tmp)
             meta = {k: client_state[k] for k in ("config_hash", "world_size", "zero_stage", "run_id")}
             atomic_write_text(self.dir / tmp / "imgtrain.json", json.dumps({**meta, "step": step}))
             shutil.rmtree(self.dir / tag, ignore_errors=True)
             os.replace(self.dir / tmp, self.dir / tag)
             atomic_write_text(self.dir / "last", tag)
-            if best:
+            if improved:
                 atomic_write_text(self.dir / "best", tag)
             keep = {tag, self._pointer("best")} | set(self._tags()[:2])
             for old in self._tags():
@@ -168,24 +201,22 @@ class DeepSpeedStrategy:
         p = self.dir / name
         return p.read_text().strip() if p.exists() else None
 
-    def load_resume(self, config_hash: str) -> Optional[dict]:
-        """Client state of the newest complete checkpoint that loads; None when there is none at all."""
+    def resume(self, config_hash: str) -> Optional[dict]:
+        """Client state of the newest complete checkpoint that loads (model and optimizer restored by
+        DeepSpeed); None when there is none at all."""
         tags = self._tags()
         last = self._pointer("last")
         if last in tags:  # the published one first, then older complete ones
             tags.remove(last)
             tags.insert(0, last)
-        problems = []
-        for tag in tags:
-            meta_path = self.dir / tag / "imgtrain.json"
+
+        def load(tag: str) -> dict:
             try:
-                meta = json.loads(meta_path.read_text())
+                meta = json.loads((self.dir / tag / "imgtrain.json").read_text())
             except (OSError, ValueError) as e:
-                problems.append(f"{tag}: no readable imgtrain.json ({e})")
-                continue
+                raise Unusable(f"no readable imgtrain.json ({e})") from None
             if meta["config_hash"] != config_hash:
-                problems.append(f"{tag}: config hash {meta['config_hash']} != this run's {config_hash}")
-                continue
+                raise Unusable(f"config hash {meta['config_hash']} != this run's {config_hash}")
             if meta["world_size"] != self.env.world and self.cfg.dist.zero_stage > 0:
                 raise RuntimeError(
                     f"{self.dir / tag} was saved by {meta['world_size']} ranks under ZeRO-{meta['zero_stage']}; "
@@ -196,18 +227,12 @@ class DeepSpeedStrategy:
             try:
                 path, client = self.engine.load_checkpoint(str(self.dir), tag=tag, load_lr_scheduler_states=False)
             except Exception as e:
-                problems.append(f"{tag}: does not load ({type(e).__name__}: {str(e)[:300]})")
-                continue
+                raise Unusable(f"does not load ({type(e).__name__}: {str(e)[:300]})") from None
             if path is None:
-                problems.append(f"{tag}: DeepSpeed could not load it")
-                continue
-            for p in problems:
-                warnings.warn(f"skipped DeepSpeed checkpoint {self.dir}/{p}; resuming from {tag}")
+                raise Unusable("DeepSpeed could not load it")
             return client
-        if problems:
-            raise RuntimeError(f"no usable DeepSpeed checkpoint in {self.dir}, refusing to start over existing "
-                               "progress:\n  " + "\n  ".join(problems))
-        return None
+
+        return resume_newest(self.dir, tags, load, kind="DeepSpeed checkpoint")
 
     def best_state_dict(self) -> Optional[dict]:
         tag = self._pointer("best") or self._pointer("last")

@@ -1,9 +1,10 @@
 """One training run: build everything from the config, then train, evaluate, checkpoint and log.
 
 `Trainer.fit()` reads like the recipe: resume -> epochs of steps (accumulation, AMP, clipping, EMA)
--> evaluation, early stopping and checkpoints -> test -> summary. DDP wraps the model from outside;
-the loop only asks for `no_sync` while accumulating. `run()` does the run-directory bookkeeping
-around it (DONE check, attempts in run.json, FAILED marker).
+-> evaluation, early stopping and checkpoints -> test -> summary. How the model is trained across
+processes (DDP or DeepSpeed) is applied from outside by a `strategy.Strategy`; the loop names neither.
+`run()` does the run-directory bookkeeping around it (DONE check, attempts in run.json, FAILED marker);
+the command line (`main`, `preflight`) is cli.py's. Tests reach inside through `hooks.Hooks`.
 """
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ import json
 import math
 import os
 import random
-import signal
 import socket
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -23,19 +22,19 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from imgtrain import config as C
 from imgtrain import models, tasks
 from imgtrain.data import (Normalizer, build_mixup, build_split, dataset_info, images_on_device, make_loader,
                            resolve_norm, train_batches)
 from imgtrain.data.loader import _seeded
-from imgtrain.engine import dist
-from imgtrain.engine.checkpoint import Checkpointer, rng_state, set_rng_state
+from imgtrain.engine import dist, strategy
+from imgtrain.engine.checkpoint import rng_state, set_rng_state
 from imgtrain.engine.evaluate import evaluate, top1_correct
 from imgtrain.engine.optim import (build_optimizer, build_scheduler, current_lr, load_scheduler_state,
                                    scheduler_state)
 from imgtrain import runs
+from imgtrain.engine.hooks import Hooks
 from imgtrain.engine.signals import StopRequest
 from imgtrain.logs import MetricWriter, Progress
 from imgtrain.logs.atomic import atomic_write_text
@@ -70,13 +69,6 @@ class RunResult:
     metrics: dict = field(default_factory=dict)
 
 
-def _autocast(cfg: C.Config, device: torch.device):
-    if cfg.trainer.precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -85,15 +77,15 @@ def seed_everything(seed: int) -> None:
 
 # ----------------------------------------------------------------------------------------------- the run
 
-def train(cfg: C.Config) -> RunResult:
+def train(cfg: C.Config, hooks: Optional[Hooks] = None) -> RunResult:
     env = dist.init(cfg)
     try:
-        return run(cfg, env)
+        return run(cfg, env, hooks=hooks)
     finally:
         dist.close(env)
 
 
-def run(cfg: C.Config, env: dist.DistEnv, batch_source=None) -> RunResult:
+def run(cfg: C.Config, env: dist.DistEnv, batch_source=None, hooks: Optional[Hooks] = None) -> RunResult:
     """Bookkeeping around Trainer.fit(): DONE runs are left alone, every attempt is recorded."""
     rdir, run_id = runs.run_dir(cfg), runs.run_id(cfg)
     if runs.read_status(rdir) == DONE:
@@ -114,7 +106,7 @@ def run(cfg: C.Config, env: dist.DistEnv, batch_source=None) -> RunResult:
         number = dist.broadcast_object(env, attempt.number)
         stop = StopRequest().install()
         try:
-            with contextlib.closing(Trainer(cfg, env, number, stop, batch_source=batch_source)) as trainer:
+            with contextlib.closing(Trainer(cfg, env, number, stop, batch_source=batch_source, hooks=hooks)) as trainer:
                 result = trainer.fit()
         finally:
             stop.uninstall()
@@ -127,21 +119,14 @@ def run(cfg: C.Config, env: dist.DistEnv, batch_source=None) -> RunResult:
     return result
 
 
-def _data_parallel(model: torch.nn.Module, env: dist.DistEnv, compile_model: bool) -> torch.nn.Module:
-    """DDP around `model` when distributed, compiled when trainer.compile. Built at start-up and again when
-    the trainable parameters change (model.unfreeze_at_epoch): DDP registers them when it is built."""
-    if env.distributed:
-        model = DDP(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
-    return torch.compile(model) if compile_model else model
-
-
 class Trainer:
     """Everything one run needs, built from the config. `batch_source(epoch, plan)` may replace the shard
-    loader (benchmarks feed in-memory batches through it)."""
+    loader (benchmarks feed in-memory batches through it); `hooks` are the tests' seams."""
 
     def __init__(self, cfg: C.Config, env: dist.DistEnv, attempt: int = 0, stop: Optional[StopRequest] = None,
-                 batch_source: Optional[Callable] = None):
+                 batch_source: Optional[Callable] = None, hooks: Optional[Hooks] = None):
         self.cfg, self.env, self.attempt = cfg, env, attempt
+        self.hooks = hooks or Hooks()
         self.stop = stop if stop is not None else StopRequest()
         self.run_id, self.rdir, self.chash = runs.run_id(cfg), runs.run_dir(cfg), C.config_hash(cfg)
         self.batch_source = batch_source
@@ -194,27 +179,11 @@ class Trainer:
         self.monitor, self.mode = self._monitor()
         self.sched = build_scheduler(cfg.sched, self.optimizer, epochs=cfg.trainer.epochs,
                                      updates_per_epoch=self.steps_per_epoch, mode=self.mode)
-        self.scaler = torch.amp.GradScaler(enabled=cfg.trainer.precision == "fp16" and env.device.type == "cuda")
-        self.ema = None
-        if cfg.trainer.ema_decay:
-            from timm.utils import ModelEmaV3
-            self.ema = ModelEmaV3(model, decay=cfg.trainer.ema_decay)
-        self.autocast = _autocast(cfg, env.device)
-        self.ds = None  # the DeepSpeed strategy, when dist.strategy=deepspeed
-        if cfg.dist.strategy == "deepspeed":
-            if cfg.model.unfreeze_at_epoch is not None:  # DeepSpeed fixes its trainable parameters at start-up
-                raise C.ConfigError("model.unfreeze_at_epoch does not work with dist.strategy=deepspeed; use ddp")
-            from imgtrain.engine.deepspeed_strategy import DeepSpeedStrategy
-            self.ds = DeepSpeedStrategy(cfg, model, self.optimizer, env, self.rdir / "checkpoints")
-            self.ddp_model = torch.compile(self.ds.engine) if cfg.trainer.compile else self.ds.engine
-            self.autocast = contextlib.nullcontext  # DeepSpeed holds the weights in bf16/fp16 itself
-        else:
-            self.ddp_model = _data_parallel(model, env, cfg.trainer.compile)
-        self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision) \
-            if self.ds is not None else None
+        # DDP or DeepSpeed around the model and the optimizer: the loop below only calls self.strategy
+        self.strategy = strategy.build(cfg, model, self.optimizer, env, self.rdir / "checkpoints", mode=self.mode,
+                                       on_checkpoint_temp=self.hooks.on_checkpoint_temp)
 
         # bookkeeping
-        self.ckpt = Checkpointer(self.rdir / "checkpoints", cfg.trainer.keep_top_k, self.mode)
         self.writer = MetricWriter(self.rdir, self.run_id, cfg.output.sweep, attempt) if env.is_main else None
         self.state = TrainState()
         self.t_mark = time.time()
@@ -247,61 +216,35 @@ class Trainer:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        if self.ds is not None:
-            self.ds.close()
+        self.strategy.close()
 
     # ------------------------------------------------------------------------------------ checkpoints
 
     def snapshot(self) -> dict:
-        """DESIGN §4. Collective: every rank contributes its RNG state. Under DeepSpeed the model and
-        optimizer are saved by the DeepSpeed engine and this is its client state."""
+        """DESIGN §4: the run's state; the strategy adds the model's and optimizer's (under DeepSpeed this is
+        DeepSpeed's client state). Collective: every rank contributes its RNG state."""
         rngs = dist.gather_objects(self.env, rng_state())
-        snap = {"scheduler": scheduler_state(self.sched), "state": asdict(self.state), "rng": rngs,
+        return {"scheduler": scheduler_state(self.sched), "state": asdict(self.state), "rng": rngs,
                 "config_hash": self.chash, "world_size": self.env.world, "run_id": self.run_id,
                 "attempt": self.attempt, "model_name": self.cfg.model.name, "zero_stage": self.cfg.dist.zero_stage}
-        if self.ds is None:
-            snap.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                        scaler=self.scaler.state_dict(),
-                        ema=self.ema.module.state_dict() if self.ema is not None else None)
-        return snap
 
     def save(self, *, improved: bool = False, value: Optional[float] = None, epoch: Optional[int] = None) -> None:
         self._tick()
-        snap = self.snapshot()
-        if self.ds is not None:
-            self.ds.save(snap, self.state.step, best=improved)
-            if self.env.is_main:
-                self.writer.flush()
-            dist.barrier(self.env)
-            return
+        self.strategy.save(self.snapshot(), step=self.state.step, improved=improved, value=value,
+                           epoch=epoch if epoch is not None else self.state.epoch)
         if self.env.is_main:
-            self.ckpt.save_last(snap)
-            if improved:
-                self.ckpt.save_best(snap)
-            if value is not None:
-                self.ckpt.save_top_k(snap, epoch if epoch is not None else self.state.epoch, value)
             self.writer.flush()  # metrics up to this checkpoint are on disk with it
         dist.barrier(self.env)
 
     def resume(self) -> None:
-        if self.ds is not None:
-            resumed = self.ds.load_resume(self.chash)  # model and optimizer are restored by DeepSpeed
-        else:
-            resumed = self.ckpt.load_resume(self.chash,
-                                            lambda s: self.model.load_state_dict(s["model"], strict=True))
+        resumed = self.strategy.resume(self.chash)  # model, optimizer (scaler, EMA) restored
         if resumed is None:
             if self.sched is not None:
                 self.sched.step_update(0)
             return
-        if self.ds is None:
-            self.optimizer.load_state_dict(resumed["optimizer"])  # also restores each group's lr
         load_scheduler_state(self.sched, resumed.get("scheduler", {}))
-        if self.ds is not None and self.sched is not None:
-            self.sched.step_update(resumed["state"]["step"])  # DeepSpeed's optimizer state has no lr
-        if resumed.get("scaler"):
-            self.scaler.load_state_dict(resumed["scaler"])
-        if self.ema is not None and resumed.get("ema") is not None:
-            self.ema.module.load_state_dict(resumed["ema"])
+        if not self.strategy.optimizer_state_has_lr and self.sched is not None:
+            self.sched.step_update(resumed["state"]["step"])
         self.state = state = TrainState(**resumed["state"])
         if resumed["world_size"] == self.env.world:
             set_rng_state(resumed["rng"][self.env.rank])
@@ -383,10 +326,7 @@ class Trainer:
             dropped = len(self.train_ds) - self.steps_per_epoch * self.accum * self.global_batch
             self.writer.log("train", "dropped", float(dropped), epoch=epoch, step=state.step)
         window = {"loss": 0.0, "n": 0, "images": 0, "bad": 0, "correct": 0, "t": time.time()}
-        # test hooks: a real signal at a known optimizer step, or at a micro-batch inside accumulation
-        stop_at_step = int(os.environ.get("IMGTRAIN_TEST_SIGNAL_AT_STEP", "-1"))
-        stop_at_micro = int(os.environ.get("IMGTRAIN_TEST_SIGNAL_AT_MICRO", "-1"))
-        trace = os.environ.get("IMGTRAIN_TEST_TRACE_SAMPLES")
+        on_batch, on_step = self.hooks.on_batch, self.hooks.on_step
         last_ckpt = time.time()
         reason = None
         self.model.train()
@@ -394,11 +334,8 @@ class Trainer:
             if micro >= usable:
                 break
             last_micro = (micro + 1) % self.accum == 0
-            if trace:  # which samples this rank trained on, for the fault-tolerance tests
-                with open(f"{trace}.rank{env.rank}", "a") as f:
-                    f.write(f"{epoch} {' '.join(map(str, b['index'].tolist()))}\n")
-            if stop_at_micro == state.step * self.accum + micro % self.accum and env.rank == 0:
-                os.kill(os.getpid(), signal.SIGUSR1)
+            if on_batch is not None:
+                on_batch(env.rank, epoch, state.step * self.accum + micro % self.accum, b)
             loss, n, correct = self.forward_backward(b, epoch, start + micro * self.global_batch, sync=last_micro)
             window["loss"] += loss
             window["correct"] += correct
@@ -411,8 +348,8 @@ class Trainer:
             state.consumed = start + (micro + 1) * self.global_batch
             if state.step % cfg.trainer.log_every_steps == 0 or micro + 1 == usable:
                 self.log_window(window, lr, epoch)
-            if stop_at_step == state.step and env.rank == 0:
-                os.kill(os.getpid(), signal.SIGUSR1)
+            if on_step is not None:
+                on_step(env.rank, state.step)
             if cfg.trainer.max_steps and state.step >= cfg.trainer.max_steps:
                 reason = "max_steps"
             if reason is None and dist.any_rank(env, bool(self.stop)):
@@ -435,8 +372,7 @@ class Trainer:
         self.log(f"epoch {epoch + 1}: backbone {'frozen' if epoch < self.cfg.model.unfreeze_at_epoch else 'unfrozen'} "
                  f"(model.unfreeze_at_epoch={self.cfg.model.unfreeze_at_epoch}); "
                  f"{sum(p.requires_grad for p in params)} of {len(params)} parameter tensors train")
-        if self.env.distributed:
-            self.ddp_model = _data_parallel(self.model, self.env, self.cfg.trainer.compile)
+        self.strategy.params_changed()
 
     def _correct(self, out: Optional[torch.Tensor], y: torch.Tensor):
         """Correct top-1 predictions of a training micro-batch, on the device (0 for other tasks). With
@@ -464,43 +400,25 @@ class Trainer:
         if self.mixup is not None and len(x):
             with _seeded(self.cfg.trainer.seed, epoch, position + self.env.rank):
                 x, y = self.mixup(x, y)
-        if self.ds is not None:
-            if self.input_dtype is not None:
-                x = x.to(self.input_dtype)
-            out = self.ddp_model(x) if len(x) else None
-            loss = self.task.loss(out, y) if out is not None else \
-                sum(p.sum() * 0.0 for p in self.ddp_model.parameters() if p.requires_grad)
-            self.ds.backward_step(loss)  # accumulation boundary, clipping and the step are DeepSpeed's
-            return loss.detach(), len(x), self._correct(out, y)
-        no_sync = not sync and self.env.distributed
-        with self.ddp_model.no_sync() if no_sync else contextlib.nullcontext():
+        st = self.strategy
+        if st.input_dtype is not None:
+            x = x.to(st.input_dtype)
+        with st.accumulating(sync):
             out = None
-            with self.autocast():
+            with st.autocast():
                 if len(x):
-                    out = self.ddp_model(x)
+                    out = st.module(x)
                     loss = self.task.loss(out, y)
                 else:  # every sample of this batch was bad: keep ranks in step with a zero gradient
                     loss = sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
-            self.scaler.scale(loss / self.accum).backward()
+            st.backward(loss)
         return loss.detach(), len(x), self._correct(out, y)
 
     def optimizer_step(self) -> float:
-        """Clip, step, schedule, EMA. Returns the base lr the step used."""
-        if self.ds is not None:  # DeepSpeed stepped already; only the bookkeeping is ours
-            self.state.step += 1
-            lr = current_lr(self.optimizer)
-            if self.sched is not None:
-                self.sched.step_update(self.state.step)
-            return lr
-        if self.cfg.trainer.clip_grad:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        """The strategy's end of the step (clipping, step, EMA), then the schedule. Returns the base lr the step
+        used."""
         self.state.step += 1
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.state.step)
+        self.strategy.optimizer_step(self.state.step)
         lr = current_lr(self.optimizer)
         if self.sched is not None:
             self.sched.step_update(self.state.step)
@@ -530,9 +448,7 @@ class Trainer:
                                f"data.max_bad_fraction={limit}; last on this rank: {self.last_bad}")
 
     def eval_model(self):
-        if self.ds is not None:
-            return self.ds.engine.module
-        return self.ema.module if self.ema is not None else self.model
+        return self.strategy.eval_module()
 
     def end_epoch(self, epoch_done: bool) -> Optional[str]:
         """Evaluate, early stopping, checkpoints. Returns a stop reason or None."""
@@ -582,30 +498,22 @@ class Trainer:
     def evaluate(self, dataset, model=None):
         return evaluate(model if model is not None else self.eval_model(), dataset, self.task,
                         batch=self.cfg.data.eval_batch_size or self.batch, num_workers=self.cfg.data.num_workers,
-                        env=self.env, autocast=self.autocast, channels_last=self.cfg.trainer.channels_last,
-                        input_dtype=None if model is not None else self.input_dtype,
-                        lockstep=model is None and self.ds is not None and self.cfg.dist.zero_stage == 3)
+                        env=self.env, autocast=self.strategy.autocast, channels_last=self.cfg.trainer.channels_last,
+                        input_dtype=None if model is not None else self.strategy.input_dtype,
+                        lockstep=model is None and self.strategy.eval_lockstep)
 
     def test(self) -> dict:
         """Test split with the best weights; the confusion matrix etc. go to test_results.json."""
         if self.test_ds is None:
             return {}
-        best_path = self.rdir / "checkpoints" / "best.pt"
-        model = None
-        if self.ds is not None:  # consolidated fp32 weights of the best tag in a plain model
-            model = self.new_model().to(self.env.device)
-            model.load_state_dict(self.ds.best_state_dict())
-            best_path = self.ds.dir / (self.ds._pointer("best") or "")
-        elif best_path.exists():
-            best = torch.load(best_path, map_location="cpu", weights_only=True)
-            self.eval_model().load_state_dict(best["ema"] if self.ema is not None else best["model"])
+        model, from_best = self.strategy.test_model(self.new_model)
         metrics, outputs = self.evaluate(self.test_ds, model)
         if self.env.is_main:
             self.writer.log_many("test", metrics, epoch=max(self.state.epoch - 1, 0), step=self.state.step)
             names = getattr(self.task, "output_names", None) or self.info.class_names  # task.class_map: the outputs'
             extra = self.task.extra_outputs(outputs["logits"], outputs["targets"], names)
             results = {"split": self.cfg.data.test_split, "metrics": metrics, "class_names": names,
-                       "checkpoint": "best" if best_path.exists() else "last",
+                       "checkpoint": "best" if from_best else "last",
                        **{k: np.asarray(v).tolist() for k, v in extra.items()}}
             atomic_write_text(self.rdir / "test_results.json", json.dumps(results, indent=1))
             self.log("test: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k))
@@ -628,64 +536,4 @@ class Trainer:
         dist.barrier(env)
 
 
-def preflight(cfg: C.Config) -> list[str]:
-    """What would stop this run at start-up, found in seconds (for --dry-run and launchers)."""
-    problems = []
-    try:
-        info = dataset_info(cfg)
-        for key in ("train_split", "val_split", "test_split"):
-            split = getattr(cfg.data, key)
-            if split and split not in info.manifest["splits"] and key == "train_split":
-                problems.append(f"data.{key}: {info.root}/manifest.json has no split '{split}'")
-    except Exception as e:
-        problems.append(f"data.path: {e}")
-    try:
-        models.registry.check_name(cfg.model.name)
-    except C.ConfigError as e:
-        problems.append(str(e))
-    if cfg.dist.strategy == "deepspeed":
-        from imgtrain.engine.deepspeed_strategy import ds_config
-        try:
-            ds_config(cfg, world=1)
-        except C.ConfigError as e:
-            problems.append(str(e))
-    if cfg.model.pretrained_path and not Path(cfg.model.pretrained_path).is_file():
-        problems.append(f"model.pretrained_path: {cfg.model.pretrained_path} is not a file (weights come only from "
-                        "a local file; nothing is downloaded)")
-    return problems
-
-
-def main(argv=None) -> int:
-    """`python jobs/train.py --config FILE [key=value ...] [--dry-run]`."""
-    import argparse
-    p = argparse.ArgumentParser(
-        prog="jobs/train.py",
-        description="Train and evaluate one run. Under torchrun (--nproc_per_node N, one node or several) the same "
-                    "command trains with DDP. A run directory that already holds last.pt resumes automatically.",
-        epilog="examples:\n  python jobs/train.py --config jobs/configs/digits.yaml data.path=demo/shards/digits\n"
-               "  torchrun --nproc_per_node 2 jobs/train.py --config jobs/configs/digits.yaml optim.lr=3e-3\n"
-               "  python jobs/train.py --config jobs/configs/digits.yaml --dry-run\n\n"
-               f"exit status: 0 done, 1 failed, 2 bad config, {REQUEUE_EXIT_CODE} stopped by SIGUSR1/SIGTERM after "
-               "writing last.pt (requeue me)",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML config (may `extends:` another)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, YAML-typed (optim.lr=3e-4)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="validate (keys, types, data set, model name, weights file), print the resolved config "
-                        "and run id, and exit")
-    args = p.parse_args(argv)
-    try:
-        cfg = C.load(args.config, args.overrides)
-    except C.ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        problems = preflight(cfg)
-        if problems:
-            print("config check failed:\n  " + "\n  ".join(problems), file=sys.stderr)
-            return 2
-        print(C.to_yaml(cfg), end="")
-        print(f"# run id: {runs.run_id(cfg)}  config hash: {C.config_hash(cfg)}  "
-              f"run dir: {runs.run_dir(cfg)}")
-        return 0
-    return train(cfg).exit_code
+from imgtrain.engine.cli import main, preflight  # noqa: E402,F401  (callers that import them from here)
