@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from imgtrain.config import config_hash
 from imgtrain.logs.atomic import atomic_write_text, fsync_dir, is_temp_name
-from imgtrain.logs.lock import Locked, acquire as acquire_lock  # noqa: F401 (callers catch runs.Locked)
+from shards.dirlock import Locked, acquire as acquire_lock  # noqa: F401 (callers catch runs.Locked)
 from imgtrain.logs.parquet import compact_metrics, write_summary
 from imgtrain.logs.runinfo import RUN_JSON, end_attempt, now_iso, resolve_root, start_attempt
 

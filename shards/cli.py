@@ -8,6 +8,7 @@ import re
 import sys
 
 from shards import __version__
+from shards.dirlock import Locked
 from shards.info import render, split_lines, summary
 from shards.pack import PackOptions, StrictError, UsageError, pack
 from shards.records import SourceError
@@ -78,8 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, SourceError) as e:
         print(f"shards: error: {e}", file=sys.stderr)
         return 2
-    except (PackError, StrictError) as e:
+    except (PackError, StrictError, Locked) as e:
         print(f"shards: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder: one line, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"shards: error: {where}{e.strerror or e}; what was written before stays valid (shards are "
+              "renamed into place only when complete): run the same command again once it is fixed", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("shards: interrupted; run the same command again to resume", file=sys.stderr)
@@ -117,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=95, metavar="Q",
                    help="JPEG/WebP quality when re-encoding (default 95)")
     p.add_argument("--name", help="data set name in the manifest (default from the source)")
+    p.add_argument("--replace", action="store_true",
+                   help="OUT holds this source packed with other options: replace it (runs on it see new data)")
     g = p.add_argument_group("source-specific options")
     g.add_argument("--coarse", action="store_true", default=None, help="cifar100: the 20 superclasses are the classes")
     g.add_argument("--upscale", type=int, metavar="N", help="digits: enlarge the 8x8 images to NxN (nearest neighbour)")
@@ -174,7 +182,7 @@ def _pack(args) -> int:
         seed=args.seed, strict=args.strict, resize=args.resize, format=args.format, quality=args.quality,
         name=args.name, source_options={n: v for n, v in specific.items() if v is not None},
         submitit_array=args.submitit_array, submitit_cluster=args.submitit_cluster,
-        submitit_folder=args.submitit_folder, slurm_partition=args.slurm_partition)
+        submitit_folder=args.submitit_folder, slurm_partition=args.slurm_partition, replace=args.replace)
     result = pack(opts)
     m = result["manifest"]
     total = sum(e["count"] for e in m["splits"].values())

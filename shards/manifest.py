@@ -175,11 +175,15 @@ def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
     """Write JSON to a temporary file, fsync, then rename: readers see the old file or the new one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half file behind; the old `path` is untouched
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from shards import images, parallel, splits
+from shards.dirlock import acquire as acquire_lock
 from shards.images import BadImage, EncodeOptions
 from shards.manifest import BINS, FORMAT, MANIFEST_NAME, SHARD_RE, SPLITS, STATS_SAMPLE, TOOL, write_json_atomic
 from shards.progress import Progress
@@ -29,6 +30,7 @@ from shards.sources import open_source
 from shards.writer import PackError, PlannedSample, ShardResult, ShardSpec, plan_shards, write_shard
 
 STATE_NAME = ".pack-state.json"  # scan results of an unfinished pack, so a resume need not rescan
+LOCK_NAME = ".pack-lock"  # the pack writing into the folder (shards/dirlock.py), while it runs
 _TEMP_RE = re.compile(r"^\.((train|val|test)-\d{6}\.tar|manifest\.json|\.pack-state\.json|pack-state\.json)\.tmp-\d+$")
 
 
@@ -61,6 +63,7 @@ class PackOptions:
     submitit_cluster: str = "slurm"
     submitit_folder: str | None = None
     slurm_partition: str | None = None
+    replace: bool = False  # replace a complete data set in `out` packed from the same source with other options
 
 
 class Scan(NamedTuple):
@@ -85,6 +88,7 @@ def pack(opts: PackOptions) -> dict:
     if opts.strict and source.skipped:
         raise StrictError(_describe(source.skipped[0]))
 
+    _check_options(out, opts, source)
     split_of, rule = splits.assign_splits(source.records, opts.val_fraction, opts.test_fraction, opts.seed,
                                           source.splits_rule)
     want_stats = splits.stats_keys([k for k, s in split_of.items() if s == "train"], opts.seed, STATS_SAMPLE)
@@ -96,48 +100,53 @@ def pack(opts: PackOptions) -> dict:
         raise StrictError(_describe(bad[0]))
 
     out.mkdir(parents=True, exist_ok=True)
-    _remove_temp_files(out)
-    write_json_atomic(out / STATE_NAME, {"name": name, "source": {"kind": opts.kind, "path": source.path},
-                                         "fingerprint": fingerprint, "scan": scanned})
-
-    good = [r for r in source.records if not scanned[r.key].reason]
-    drop, dups = splits.drop_cross_split_duplicates([(r.key, split_of[r.key], scanned[r.key].sha256) for r in good])
-    paths = {r.key: r.path or "" for r in good}
-    for d in dups:
-        d["path"] = paths[d["id"]]
-    if opts.strict and dups:
-        raise StrictError(_describe(dups[0]))
-    kept = [r for r in good if r.key not in drop]
-    plan = _plan(opts, kept, split_of, scanned)
-    if not plan:
-        raise PackError(f"{opts.src}: no readable sample to pack ({len(source.skipped) + len(bad)} skipped)")
-
-    _retire_old_manifest(out, plan)
-    bar = Progress("write", len(kept))
+    # one pack at a time per folder: two would interleave shards of two plans under one manifest
+    lock = acquire_lock(out / LOCK_NAME, what=f"output folder {out}", log=print)
     try:
-        written: list[ShardResult] = _map(opts, out, partial(write_shard, opts=enc, out_dir=str(out)), plan,
-                                          lambda res: bar.update(res.count))
-    except PackError:
-        (out / STATE_NAME).unlink(missing_ok=True)  # the scan no longer describes the source
-        raise
-    finally:
-        bar.close()
-    _remove_stale_shards(out, {s.file for s in plan})
+        _remove_temp_files(out)
+        write_json_atomic(out / STATE_NAME, {"name": name, "source": {"kind": opts.kind, "path": source.path},
+                                             "fingerprint": fingerprint, "scan": scanned})
 
-    stats_parts = [scanned[r.key].moments for r in kept if r.key in want_stats]
-    source_info = {"kind": opts.kind, "path": source.path,
-                   "splits": rule + "; an image found in several splits is kept only in the most held-out one",
-                   "seed": opts.seed, "val_fraction": opts.val_fraction, "test_fraction": opts.test_fraction,
-                   "shard_size": opts.shard_size, "max_shard_bytes": opts.max_shard_bytes,
-                   "resize": opts.resize, "format": opts.format, "quality": opts.quality, **source.options}
-    manifest = build_manifest(name, source, plan, written, stats_parts, source.skipped + bad + dups, source_info)
-    write_json_atomic(out / MANIFEST_NAME, manifest)
-    (out / STATE_NAME).unlink(missing_ok=True)
-    if opts.submitit_array and not opts.submitit_folder:
-        shutil.rmtree(out / ".submitit", ignore_errors=True)
-    new = [w for w in written if not w.reused]
-    return {"manifest": manifest, "written_bytes": sum(w.bytes for w in new), "new_shards": len(new),
-            "kept_shards": len(written) - len(new), "seconds": time.monotonic() - start}
+        good = [r for r in source.records if not scanned[r.key].reason]
+        drop, dups = splits.drop_cross_split_duplicates(
+            [(r.key, split_of[r.key], scanned[r.key].sha256) for r in good])
+        paths = {r.key: r.path or "" for r in good}
+        for d in dups:
+            d["path"] = paths[d["id"]]
+        if opts.strict and dups:
+            raise StrictError(_describe(dups[0]))
+        kept = [r for r in good if r.key not in drop]
+        plan = _plan(opts, kept, split_of, scanned)
+        if not plan:
+            raise PackError(f"{opts.src}: no readable sample to pack ({len(source.skipped) + len(bad)} skipped)")
+
+        _retire_old_manifest(out, plan)
+        bar = Progress("write", len(kept))
+        try:
+            written: list[ShardResult] = _map(opts, out, partial(write_shard, opts=enc, out_dir=str(out)), plan,
+                                              lambda res: bar.update(res.count))
+        except PackError:
+            (out / STATE_NAME).unlink(missing_ok=True)  # the scan no longer describes the source
+            raise
+        finally:
+            bar.close()
+        _remove_stale_shards(out, {s.file for s in plan})
+
+        stats_parts = [scanned[r.key].moments for r in kept if r.key in want_stats]
+        source_info = {"kind": opts.kind, "path": source.path,
+                       "splits": rule + "; an image found in several splits is kept only in the most held-out one",
+                       **_options(opts, source)}
+        manifest = build_manifest(name, source, plan, written, stats_parts, source.skipped + bad + dups,
+                                  source_info)
+        write_json_atomic(out / MANIFEST_NAME, manifest)
+        (out / STATE_NAME).unlink(missing_ok=True)
+        if opts.submitit_array and not opts.submitit_folder:
+            shutil.rmtree(out / ".submitit", ignore_errors=True)
+        new = [w for w in written if not w.reused]
+        return {"manifest": manifest, "written_bytes": sum(w.bytes for w in new), "new_shards": len(new),
+                "kept_shards": len(written) - len(new), "seconds": time.monotonic() - start}
+    finally:
+        lock.release()
 
 
 def _scan(opts: PackOptions, out: Path, records: list[Record], want_stats: set[str],
@@ -256,6 +265,31 @@ def _check_output(out: Path, name: str, kind: str, path: str) -> None:
         return
     if any(SHARD_RE.match(p.name) for p in out.iterdir()):
         raise UsageError(f"{out}: holds shard files but no {MANIFEST_NAME}; choose another output folder")
+
+
+def _options(opts: PackOptions, source: Source) -> dict:
+    """The options that decide what the data set holds, as the manifest's "source" records them."""
+    return {"seed": opts.seed, "val_fraction": opts.val_fraction, "test_fraction": opts.test_fraction,
+            "shard_size": opts.shard_size, "max_shard_bytes": opts.max_shard_bytes, "resize": opts.resize,
+            "format": opts.format, "quality": opts.quality, **source.options}
+
+
+def _check_options(out: Path, opts: PackOptions, source: Source) -> None:
+    """A complete data set in `out` packed from this source with other options is replaced only when asked:
+    runs train on it by its path, and a resumed run would carry on with other samples (already-seen images
+    now in validation) without a word."""
+    try:
+        old = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # nothing complete there (an interrupted pack resumes or starts over as before)
+    theirs = old.get("source") or {}
+    mine = _options(opts, source)
+    changed = [f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if k in theirs and theirs[k] != v]
+    if changed and not opts.replace:
+        raise UsageError(f"{out}: holds {old.get('name')!r} packed from this source with other options "
+                         f"({', '.join(changed)}); packing again would replace the data set under every run that "
+                         "trains on it (a resumed run would go on with other samples). Pass --replace to do "
+                         "it, or choose another output folder")
 
 
 def _fingerprint(opts: PackOptions, name: str, source: Source, split_of: dict) -> str:

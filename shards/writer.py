@@ -148,8 +148,10 @@ def write_shard(spec: ShardSpec, opts: EncodeOptions, out_dir: str) -> ShardResu
             os.fsync(f.fileno())
         if sink.size != spec.bytes:  # the plan's size arithmetic and tarfile disagree: a bug, not bad data
             raise PackError(f"{spec.file}: wrote {sink.size} bytes, planned {spec.bytes}")
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)  # only a kill -9 leaves a temporary file (removed by the next run)
+        if isinstance(e, OSError) and not e.filename:  # a full disk: say where, as `cannot write FILE`
+            raise OSError(e.errno, e.strerror, str(final)) from None
         raise
     os.replace(tmp, final)
     fsync_dir(out_dir)

@@ -261,7 +261,7 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_is_not(tmp_path, monkeypatch)
     import os
     import socket
     import time
-    from imgtrain.logs import lock as L
+    from shards import dirlock as L
     path = tmp_path / "LOCK"
     logs = []
 
@@ -291,7 +291,7 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_is_not(tmp_path, monkeypatch)
 
 def test_the_heartbeat_touches_the_lock(tmp_path):
     import time
-    from imgtrain.logs import lock as L
+    from shards import dirlock as L
     lock = L.acquire(tmp_path / "LOCK", heartbeat_s=0.1)
     first = (tmp_path / "LOCK").stat().st_mtime_ns
     time.sleep(0.5)

@@ -179,8 +179,48 @@ def test_repack_keeps_complete_shards_and_replaces_stale_ones(cifar, tmp_path, c
     assert "0 written" in capsys.readouterr().out
     assert shard_hashes(again) == shard_hashes(first)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == stamps  # nothing rewritten
-    smaller = pack(capsys, "cifar10", cifar, out, "--shard-size", "25")
+    # other options over a complete data set: refused (runs train on it by its path) unless --replace
+    assert main(["pack", "cifar10", str(cifar), str(out), "--shard-size", "25", "--val-fraction", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "other options (val_fraction 0.1 -> 0.2, shard_size 10 -> 25)" in err and "--replace" in err, err
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == stamps  # untouched
+    smaller = pack(capsys, "cifar10", cifar, out, "--shard-size", "25", "--replace")
     assert sorted(p.name for p in out.glob("*.tar")) == sorted(f for f, _, _ in shard_hashes(smaller))
+
+
+def test_a_second_pack_into_a_folder_in_use_stops_naming_the_first(cifar, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from shards.dirlock import acquire; "
+                               f"acquire({str(out / '.pack-lock')!r}); print('held', flush=True); time.sleep(60)"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["pack", "cifar10", str(cifar), str(out)]) == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("scan:")]
+        assert len(err) == 1 and f"pid {holder.pid}" in err[0] and "is in use by another process" in err[0], err
+        assert sorted(p.name for p in out.iterdir()) == [".pack-lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    pack(capsys, "cifar10", cifar, out)  # its holder gone, the lock is stale: taken over
+    assert "taking over the lock" in capsys.readouterr().out
+    assert not (out / ".pack-lock").exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_file(cifar, tmp_path):
+    """RLIMIT_FSIZE makes a write fail with EFBIG as a full disk does with ENOSPC: the same OSError path."""
+    import resource
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+    out = tmp_path / "out"
+    result = run_shards("pack", "cifar10", cifar, out, "--shard-size", "100", preexec_fn=small_files)
+    err = [line for line in result.stderr.splitlines() if not line.startswith(("scan:", "write:"))]
+    assert result.returncode == 1 and len(err) == 1, result.stderr  # one line, no traceback
+    assert err[0].startswith(f"shards: error: {out}/train-000000.tar: File too large"), err
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
 
 
 def test_kill_9_mid_pack_then_resume_gives_identical_shards(cifar, tmp_path, capsys):

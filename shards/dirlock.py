@@ -149,7 +149,7 @@ def acquire(path: str | os.PathLike, *, what: str = "this directory", heartbeat_
             except FileNotFoundError:
                 continue  # another process took it over first
             aside.unlink(missing_ok=True)
-            log(f"[imgtrain] taking over the lock of {what} from {describe(other) if other else 'nobody'}: {why}")
+            log(f"taking over the lock of {what} from {describe(other) if other else 'nobody'}: {why}")
             continue
         with os.fdopen(fd, "w") as f:
             json.dump(holder, f)
