@@ -193,6 +193,13 @@ def _pack(args) -> int:
     print(f"skipped {len(m['skipped'])} | {_plural(shards, 'shard')}: {result['new_shards']} written "
           f"({result['written_bytes'] / 1e6:.2f} MB), {result['kept_shards']} kept from an earlier run | "
           f"{total:,} images in {result['seconds']:.1f} s ({total / max(result['seconds'], 1e-9):,.0f} images/s)")
+    if m["task"] == "classification":  # an empty class folder still becomes a class: the model gets an output
+        totals = [sum((e.get("class_counts") or [0] * len(m["classes"]))[i] for e in m["splits"].values())
+                  for i in range(len(m["classes"]))]
+        for name, n in zip(m["classes"], totals):
+            if n == 0:
+                print(f"warning: class '{name}' has no sample in any split (an empty or unreadable class folder?); "
+                      "it is still a class, with an output the model can never learn", file=sys.stderr)
     if m["source"].get("unlisted"):
         print(f"left out {m['source']['unlisted']:,} file(s) in no --split-list")
     for item in m["skipped"][:5]:

@@ -255,3 +255,12 @@ def test_kill_9_mid_pack_then_resume_gives_identical_shards(cifar, tmp_path, cap
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.tar")}
     assert {name: after[name] for name in complete} == complete  # not rewritten
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # temp files and scan state are gone
+
+
+def test_an_empty_class_folder_is_a_warning(tmp_path, capsys):
+    src = write_imagefolder(tmp_path / "src", n_per_class=2)
+    (src / "zebra").mkdir()
+    m = pack(capsys, "imagefolder", src, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "zebra" in m["classes"] and "warning: class 'zebra' has no sample in any split" in err, err
+    assert "warning" not in "".join(line for line in err.splitlines() if "zebra" not in line)
