@@ -12,8 +12,10 @@ from conftest import ROOT, run_cmd, train_cmd
 from imgtrain import config as C
 from imgtrain import tasks
 from imgtrain.data import build_split, dataset_info
-from imgtrain.data.memory import (MemoryFeed, MemorySplit, _mix, batch_augment, open_cache, sample_hashes,
-                                  use_memory)
+from imgtrain.data.loader import _seeded
+from imgtrain.data.memory import (MemoryFeed, MemorySplit, _mix, batch_augment, batch_cutout, open_cache,
+                                  sample_hashes, use_memory)
+from imgtrain.data.transforms import Cutout, cutout_fill
 from imgtrain.data.order import TrainPlan
 from imgtrain.engine.dist import DistEnv
 
@@ -69,6 +71,60 @@ def test_sample_draws_depend_on_the_index_only():
         assert any(torch.equal(out[i].float(), c) or torch.equal(out[i].float(), c.flip(-1)) for c in crops)
 
 
+def _changed_box(before: torch.Tensor, after: torch.Tensor):
+    """(rows, cols) spanned by the pixels `after` changed in a CHW image, or None."""
+    diff = (before != after).any(0)
+    if not diff.any():
+        return None
+    rows, cols = diff.any(1).nonzero().flatten(), diff.any(0).nonzero().flatten()
+    return (int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1)
+
+
+@pytest.mark.parametrize("form", ["batch", "per-sample"])
+def test_cutout_is_a_clipped_square_of_the_mean_colour_drawn_from_the_index(form):
+    size, n = 6, 64
+    mean = (0.25, 0.5, 0.75)
+    fill = cutout_fill(mean)
+    assert fill.tolist() == [64, 128, 191]
+    x = torch.full((n, 3, 16, 16), 7, dtype=torch.uint8)
+    idx = np.arange(100, 100 + n, dtype=np.int64)
+    if form == "batch":
+        out = batch_cutout(x, idx, seed=1, epoch=0, size=size, fill=fill)
+        one = torch.cat([batch_cutout(x[i:i + 1], idx[i:i + 1], seed=1, epoch=0, size=size, fill=fill)
+                         for i in range(n)])
+        assert torch.equal(out, one)  # a sample's square depends on its index only, not on its batch
+        again = batch_cutout(x, idx, seed=1, epoch=1, size=size, fill=fill)
+    else:
+        cut = Cutout(size, mean)
+        def apply(epoch):  # noqa: E306
+            imgs = []
+            for i, j in enumerate(idx):
+                with _seeded(1, epoch, int(j)):
+                    imgs.append(cut(x[i]))
+            return torch.stack(imgs)
+        out, again = apply(0), apply(1)
+        assert torch.equal(out, apply(0))
+    assert torch.equal(x, torch.full_like(x, 7))  # the input is not written to
+    clipped = 0
+    for i in range(n):
+        box = _changed_box(x[i], out[i])
+        assert box is not None
+        (r0, r1), (c0, c1) = box
+        assert 1 <= r1 - r0 <= size and 1 <= c1 - c0 <= size
+        assert torch.equal(out[i, :, r0:r1, c0:c1], fill.view(3, 1, 1).expand(3, r1 - r0, c1 - c0))
+        assert int((out[i] != x[i]).any(0).sum()) == (r1 - r0) * (c1 - c0)  # a full rectangle, nothing else
+        clipped += (r1 - r0 < size) or (c1 - c0 < size)
+    assert 0 < clipped < n  # centres anywhere: some squares cross the border, most do not
+    assert not torch.equal(out, again)  # another epoch, other squares
+
+
+def test_cutout_needs_the_simple_augment_pipeline(digits_shards):
+    with pytest.raises(C.ConfigError, match="data.cutout=4.*simple_augment.*re_prob"):
+        cfg_for(digits_shards, "data.simple_augment=false", "data.cutout=4")
+    with pytest.raises(C.ConfigError, match="data.cutout"):
+        cfg_for(digits_shards, "data.cutout=-1")
+
+
 def test_ddp_ranks_get_the_single_process_batches(digits_shards, tmp_path):
     cfg = cfg_for(digits_shards, "data.hflip=0.5")
     info = dataset_info(cfg)
@@ -116,6 +172,26 @@ def test_changed_manifest_and_truncated_file_are_rebuilt(digits_shards, tmp_path
     assert len(list((tmp_path / "c").glob("*/val-*.npy"))) == 2  # another key, another folder
 
 
+def test_a_shard_changed_on_disk_under_the_same_manifest_gets_its_own_array(digits_shards, tmp_path):
+    """A damaged or replaced shard file with an unchanged manifest.json: the intact data's array is not reused
+    (it would hide the damage the per-sample path reports), and the intact copy keeps its own."""
+    intact, damaged = tmp_path / "intact", tmp_path / "damaged"
+    shutil.copytree(digits_shards, intact)
+    shutil.copytree(digits_shards, damaged)
+    shard = damaged / "val-000000.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    opened = {}
+    for name, data in (("intact", intact), ("damaged", damaged), ("intact again", intact)):
+        cfg = cfg_for(data)
+        logs = []
+        _, meta, _ = open_cache(cfg, dataset_info(cfg), "val", train=False, mean=MEAN, std=STD, log=logs.append,
+                                root=tmp_path / "c")
+        opened[name] = (len(logs), len(meta["bad"]))
+    assert opened["intact"] == (1, 0) and opened["intact again"] == (0, 0)  # built once, then reused
+    assert opened["damaged"][0] == 1 and opened["damaged"][1] > 10  # its own build, which sees the damage
+    assert len(list((tmp_path / "c").glob("*/val-*.npy"))) == 2
+
+
 def test_unsupported_augmentation_falls_back_with_one_log_line(digits_shards, tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.delenv("SLURM_TMPDIR", raising=False)
@@ -159,7 +235,7 @@ def test_memory_run_trains_on_the_shard_order_and_results(digits_shards, tmp_pat
 @pytest.mark.slow
 def test_memory_signal_then_resume_is_bit_identical(digits_shards, tmp_path):
     args = lambda root: [f"data.path={digits_shards}", f"output.root={root}", "output.run=ft",  # noqa: E731
-                         "trainer.epochs=1", "data.cache=memory", "data.hflip=0.5"]
+                         "trainer.epochs=1", "data.cache=memory", "data.hflip=0.5", "data.cutout=6"]
     straight, resumed = tmp_path / "a", tmp_path / "b"
     env = scratch_env(tmp_path)
     run_cmd(train_cmd(CFG, *args(straight)), env=env)
@@ -243,3 +319,12 @@ def test_auto_caches_what_fits_and_streams_the_rest_saying_why(digits_shards, tm
     assert feed is None and not isinstance(test, MemorySplit) and "data.cache=memory: the per-sample path" in logs[0]
     (feed, val, test), logs = hook("data.cache=auto", "data.simple_augment=false", "data.color_jitter=0.4")
     assert feed is None and not isinstance(val, MemorySplit) and "data.color_jitter=0.4" in logs[0]
+    # a full scratch disk: the arrays already built still count as room, a new size does not fit
+    import collections
+    from imgtrain.data import memory
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(memory.shutil, "disk_usage", lambda p: usage(10 ** 12, 10 ** 12 - 1000, 1000))
+    (feed, val, test), logs = hook("data.cache=auto")
+    assert isinstance(feed, MemoryFeed) and isinstance(test, MemorySplit), logs
+    (feed, val, test), logs = hook("data.cache=auto", "data.img_size=20")
+    assert feed is None and "GiB free" in logs[0] and "$TMPDIR" in logs[0]

