@@ -2,6 +2,8 @@
 
 `preflight` finds in seconds what would stop a run at start-up (--dry-run, launchers, sweeps); `main`
 parses the arguments, loads the config and hands it to trainer.train (imported only when training).
+This module imports no torch: `--help` and a config error answer at once; the data set and model
+registry (torch, timm) are imported by `preflight` itself, the trainer only to train.
 """
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ import sys
 from pathlib import Path
 
 from imgtrain import config as C
-from imgtrain import models, runs
-from imgtrain.data import dataset_info
+from imgtrain import runs
 from imgtrain.runs import REQUEUE_EXIT_CODE
 
 
 def preflight(cfg: C.Config) -> list[str]:
     """What would stop this run at start-up, found in seconds (for --dry-run and launchers)."""
+    from imgtrain import models  # torch, timm: only for the check itself (not for --help)
+    from imgtrain.data import dataset_info
     problems = []
     try:
         info = dataset_info(cfg)
