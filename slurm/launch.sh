@@ -45,6 +45,8 @@
 #     exit 75; then `scontrol requeue` (an array task: only that task) and the next attempt resumes.
 #   TERM: forwarded the same way; then requeue only if the time limit was reached. A requeue by
 #     SLURM itself (`scontrol requeue`, preemption) needs nothing more; `scancel` stays cancelled.
+#     SLURM sends that TERM to the workers too, so they get TERM and then the forwarded USR1; their
+#     stop is named after TERM (imgtrain/engine/signals.py: TERM outranks USR1, in whatever order).
 # A run that is DONE exits 0 at once. A real failure is requeued until trainer.max_attempts attempts
 # of this job failed; then FAILED holds the reason. Exit status: 0 done/requeued, 1 failed, 2 bad
 # config or usage (never requeued).
@@ -80,6 +82,64 @@ usage() {
   sed -n '2,/^set -uo/p' "$SELF" | sed '$d; s/^# \{0,1\}//'
 }
 
+section() { # section FIRST LAST: the header lines after the one starting "# FIRST", before "LAST"
+  sed -n "/^# $1/,/^$2/p" "$SELF" | sed '1d;$d; s/^# \{0,1\}//; /^ *#* *$/d'
+}
+
+recipe_help() { # `bash slurm/<recipe>.sbatch --help`: what the recipe runs, with which resources and knobs
+  local line name=${RECIPE#"$REPO"/} cfg=${CONFIG:-} nodes cpus gpus
+  echo "${name}"
+  while IFS= read -r line; do # the recipe's own description: its comment lines up to the first #SBATCH
+    [[ $line == "#!"* ]] && continue
+    if [[ $line != "#"* ]] || [[ $line == "#SBATCH"* ]]; then break; fi
+    line=${line#\#}
+    echo "  ${line# }"
+  done <"${RECIPE}"
+  echo
+  if [ "${MODE}" = pack ]; then
+    echo "runs: python -m shards pack KIND SRC OUT [pack options] (no config file; the options: python -m shards pack --help),"
+    echo "  with --workers set to the allocated CPUs (SLURM_CPUS_PER_TASK) unless given"
+  else
+    if [ -n "${cfg}" ]; then
+      echo "config: ${cfg}$( [ -f "$REPO/${cfg}" ] || [ -f "${cfg}" ] || printf ' (not found)')"
+      if [ -f "$REPO/${cfg}" ]; then
+        while IFS= read -r line; do # the config's own description: its leading comment block
+          [[ $line == "#"* ]] || break
+          line=${line#\#}
+          echo "  ${line# }"
+        done <"$REPO/${cfg}"
+      fi
+    else
+      echo "config: CONFIG, the recipe's first argument, relative to the repository root; jobs/configs/ holds:"
+      (cd "$REPO/jobs/configs" && printf '%s ' *.yaml) | fold -s -w 100 | sed 's/^/  /; s/ *$//'
+    fi
+    echo "runs: srun, one task per node -> torchrun, one process per GPU -> jobs/train.py --config ${cfg:-CONFIG} [key=value ...]"
+    echo "  key=value overrides any config key; the whole command, the run and its directory, without SLURM:"
+    echo "  IMGTRAIN_DRY_RUN=1 bash ${name} [the arguments you would give sbatch]"
+  fi
+  echo
+  echo "resources: the #SBATCH lines of ${name} (sbatch --OPTION=VALUE on the command line overrides any):"
+  while IFS= read -r line; do
+    [[ $line == "#SBATCH"* ]] && echo "  ${line#\#SBATCH }"
+  done <"${RECIPE}"
+  nodes=$(recipe_opt nodes)
+  cpus=$(recipe_opt cpus-per-task)
+  gpus=$(count_gpus "$(recipe_opt gpus-per-node)")
+  if [ "${MODE}" = pack ]; then
+    echo "  -> one packer with ${cpus:-1} worker(s)"
+  else
+    echo "  -> ${nodes:-1} node(s) x ${gpus:-1} process(es) (one per GPU; IMGTRAIN_NPROC on CPU partitions), ${cpus:-1} CPUs per node"
+  fi
+  echo
+  echo "knobs (environment variables):"
+  section Environment "# Signals"
+  echo
+  echo "signals and requeueing (USR1 = SLURM's warning before the time limit):"
+  section Signals "set -uo"
+  echo
+  echo "every option of the launcher: bash slurm/launch.sh --help"
+}
+
 # ----------------------------------------------------------------------------- small helpers
 # shellcheck disable=SC2317  # reached from the TERM trap
 to_seconds() { # [D-]HH:MM:SS, MM:SS or SS -> seconds; anything else (UNLIMITED, INVALID) -> empty
@@ -98,11 +158,19 @@ to_seconds() { # [D-]HH:MM:SS, MM:SS or SS -> seconds; anything else (UNLIMITED,
   echo $((10#$d * 86400 + 10#$h * 3600 + 10#$m * 60 + 10#$s))
 }
 
-job_field() { # job_field NAME: a field of `scontrol show job -o` for this job
-  local info
-  info=$(scontrol show job -o "${SLURM_JOB_ID}" 2>/dev/null) || return 0
-  [[ " $info " =~ [[:space:]]$1=([^[:space:]]*) ]] && printf '%s' "${BASH_REMATCH[1]}"
+job_info() { # this job's `scontrol show job -o` line (empty if scontrol cannot tell)
+  scontrol show job -o "${SLURM_JOB_ID}" 2>/dev/null
   return 0
+}
+
+# shellcheck disable=SC2317  # reached from the TERM trap
+field_of() { # field_of INFO NAME: a field of a `scontrol show job -o` line
+  [[ " $1 " =~ [[:space:]]$2=([^[:space:]]*) ]] && printf '%s' "${BASH_REMATCH[1]}"
+  return 0
+}
+
+job_field() { # job_field NAME: a field of `scontrol show job -o` for this job
+  field_of "$(job_info)" "$1"
 }
 
 recipe_opt() { # recipe_opt NAME: the value of `#SBATCH --NAME=VALUE` in the recipe (dry runs)
@@ -197,15 +265,17 @@ forward_stop() {
 }
 
 # shellcheck disable=SC2317  # reached from the TERM trap
-classify_term() { # why did SLURM send TERM? (asked at once: the job record changes soon)
-  local restarts used limit
-  restarts=$(job_field Restarts)
+classify_term() { # why did SLURM send TERM? (asked at once, with one scontrol call: the job record
+  # changes soon, and SLURM kills this script KillWait seconds after the TERM)
+  local info restarts used limit
+  info=$(job_info)
+  restarts=$(field_of "${info}" Restarts)
   if [ -n "${restarts}" ] && [ "${restarts}" -gt "${SLURM_RESTART_COUNT:-0}" ]; then
     TERM_KIND=slurm
     return
   fi
-  used=$(to_seconds "$(job_field RunTime)")
-  limit=$(to_seconds "$(job_field TimeLimit)")
+  used=$(to_seconds "$(field_of "${info}" RunTime)")
+  limit=$(to_seconds "$(field_of "${info}" TimeLimit)")
   if [ -n "${used}" ] && [ -n "${limit}" ] && [ $((used + 10)) -ge "${limit}" ]; then
     TERM_KIND=timelimit
   else
@@ -556,6 +626,7 @@ RECIPE=""
 DRY_RUN=${IMGTRAIN_DRY_RUN:-0}
 [ "${DRY_RUN}" = 1 ] || DRY_RUN=0
 MODE=train
+HELP=0
 OVERRIDES=()
 while [ "$#" -gt 0 ]; do
   case $1 in
@@ -565,12 +636,20 @@ while [ "$#" -gt 0 ]; do
     --config=*) CONFIG=${1#--config=}; shift ;;
     --recipe) [ "$#" -ge 2 ] || die 2 "--recipe needs a file"; RECIPE=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
+    -h | --help) HELP=1; shift ;;
     --) shift; OVERRIDES+=("$@"); break ;;
     -*) die 2 "unknown option $1 (overrides are key=value; see bash slurm/launch.sh --help)" ;;
     *) OVERRIDES+=("$1"); shift ;;
   esac
 done
+
+if [ "${MODE}" = pack ] && [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+  HELP=1 # slurm/pack_shards.sbatch --help
+fi
+if [ "${HELP}" = 1 ] && [ "${MODE}" != node ]; then
+  if [ -n "${RECIPE}" ] && [ -r "${RECIPE}" ]; then recipe_help; else usage; fi
+  exit 0
+fi
 
 case ${MODE} in
   node) main_node "$@" ;;

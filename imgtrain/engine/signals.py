@@ -4,6 +4,14 @@ The handler only sets a flag: the loop finishes its step, all ranks agree, `last
 the process exits with imgtrain.runs.REQUEUE_EXIT_CODE, which the batch script and sweeps read as "requeue me".
 A second signal while saving changes nothing.
 
+Which signal a stop names: SIGTERM outranks SIGUSR1, whatever the order. SLURM ends a job (requeue,
+preemption, scancel, time limit) by sending TERM to every process of it, the workers included, and the
+batch script forwards its own copy as USR1 a moment later. CPython runs the Python-level handlers of
+signals that are pending together in signal-number order (USR1 = 10 before TERM = 15), so when both
+arrive during one long native call (a forward/backward, torch.save, a descheduled process) "the first
+handler to run" would be USR1 although TERM came first. USR1 alone (SLURM's time-limit warning, a
+user's `scancel --signal=USR1`) still names USR1.
+
 A worker spends seconds importing torch before the trainer installs its handler; an entry point that
 calls `catch_early()` first keeps a signal of that time, and the next StopRequest starts with it (so
 the run stops after its first step, with a checkpoint). This module imports nothing heavy.
@@ -14,14 +22,22 @@ import signal
 
 from imgtrain.runs import REQUEUE_EXIT_CODE  # noqa: F401 (the exit status of a stop, owned by the run)
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+_RANK = {signal.SIGUSR1: 1, signal.SIGTERM: 2}  # which one a stop is named after (see above)
+
+
+def stronger(current: int | None, signum: int) -> int:
+    """The signal a stop is named after once `signum` arrives (None: none so far)."""
+    if current is None or _RANK.get(signal.Signals(signum), 0) > _RANK.get(signal.Signals(current), 0):
+        return signum
+    return current
+
 
 _early: list[int] = []  # a stop signal received before any StopRequest was installed
 _before_early: dict = {}  # the handlers catch_early() replaced
 
 
 def _record_early(signum, frame) -> None:
-    if not _early:
-        _early.append(signum)
+    _early[:] = [stronger(_early[0] if _early else None, signum)]
 
 
 def catch_early() -> None:
@@ -48,8 +64,7 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is None:
-            self.signum = signum
+        self.signum = stronger(self.signum, signum)  # a stop stays a stop; only its name may change
 
     def uninstall(self) -> None:
         for s, handler in self._previous.items():

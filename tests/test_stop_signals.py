@@ -1,0 +1,63 @@
+"""Which signal a stop is named after (imgtrain/engine/signals.py). Issue 20: an external `scontrol
+requeue` sometimes logged "stopped by SIGUSR1" although SLURM sent TERM: the workers get SLURM's TERM and,
+a moment later, the batch script's forwarded USR1; when both are pending together CPython runs their
+handlers in signal-number order (USR1 = 10 first), and the first handler used to name the stop."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from imgtrain.engine.signals import StopRequest
+
+BOTH = {signal.SIGUSR1, signal.SIGTERM}
+
+
+def deliver_together(*signums):
+    """Send `signums` in this order while both are blocked, then unblock: they are pending at once, as
+    during a long native call, and CPython runs their handlers in its own (numeric) order."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, BOTH)
+    try:
+        for s in signums:
+            os.kill(os.getpid(), s)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, BOTH)
+
+
+@pytest.mark.parametrize("order", [(signal.SIGTERM, signal.SIGUSR1), (signal.SIGUSR1, signal.SIGTERM)])
+def test_term_names_the_stop_whatever_the_order(order):
+    stop = StopRequest().install()
+    try:
+        deliver_together(*order)
+        assert stop and stop.name == "SIGTERM"
+    finally:
+        stop.uninstall()
+
+
+def test_term_after_usr1_renames_it_and_usr1_after_term_does_not():
+    stop = StopRequest().install()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.name == "SIGUSR1"  # the time-limit warning alone stays USR1
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.name == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.name == "SIGTERM"
+    finally:
+        stop.uninstall()
+
+
+def test_a_signal_during_start_up_is_named_the_same_way():
+    """catch_early() (jobs/train.py, before torch is imported): a separate process, it replaces handlers."""
+    code = ("import os, signal, sys\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "from imgtrain.engine.signals import StopRequest, catch_early\n"
+            "catch_early()\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "print(StopRequest().install().name)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    assert out.strip() == "SIGTERM"
