@@ -151,8 +151,8 @@ def test_resources_per_sweep_and_per_cell(tmp_path):
     assert executor_parameters({"time": 2}, "x")["slurm_additional_parameters"]["signal"] == "USR1@60"
 
 
-def test_dry_run_of_1000_cells_is_fast(tmp_path):
-    path = write_spec(tmp_path / "big.yaml", name="big", overrides={"data.path": "/data"},
+def test_dry_run_of_1000_cells_is_fast(digits_shards, tmp_path):
+    path = write_spec(tmp_path / "big.yaml", name="big", overrides={"data.path": str(digits_shards)},
                       grid={"optim.lr": [round(0.001 * (i + 1), 4) for i in range(10)],
                             "optim.weight_decay": [i / 100 for i in range(10)]},
                       seeds=list(range(10)))
@@ -162,10 +162,11 @@ def test_dry_run_of_1000_cells_is_fast(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("sweep big: 1000 cells")
     assert lines[1].split() == ["cell", "run", "id", "status", "config", "hash", "overrides"]
-    rows = [line.split() for line in lines[2:-1]]
+    rows = [line.split() for line in lines[2:-2]]  # then the counts and the preflight's line
     assert len(rows) == 1000 and len({r[0] for r in rows}) == 1000
     assert all(r[1] == f"big-{r[0]}" and r[2] == "new" and len(r[3]) == 12 for r in rows)
     assert counts_line(proc.stdout).startswith("new 1000 ")
+    assert lines[-1].startswith("preflight: ok for the 1000 cell(s)")  # what a submission would check
     assert elapsed < 10, f"dry-run of 1000 cells took {elapsed:.1f}s"
     assert not (tmp_path / "out").exists()
 

@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="slurm: one submitit job array (default); local: subprocesses, --parallel at a time; "
                         "debug: in this process, one after the other")
     p.add_argument("--dry-run", action="store_true", help="print the cell table (id, run id, status, config hash, "
-                                                          "overrides) and submit nothing")
+                                                          "overrides), run the preflight a submission would "
+                                                          "run (exit 2 if it fails) and submit nothing")
     p.add_argument("--retry-failed", action="store_true", help="also run cells whose run is FAILED (resumes "
                                                                "from last.pt when there is one)")
     p.add_argument("--parallel", type=int, default=1, metavar="N", help="local executor: cells at once (1)")
@@ -98,6 +99,27 @@ def _load(target: str, overrides: Sequence[str], root: Optional[str]):
     return from_record(info)
 
 
+def _dry_run_preflight(states, args) -> int:
+    """The preflight a submission would run, on the cells it would submit (the last line of a dry run)."""
+    from imgtrain.sweep.executors import preflight, select
+    chosen = [st.cell for st in select(states, args.retry_failed)[0]]
+    if args.no_preflight:
+        print("preflight: skipped (--no-preflight)")
+        return 0
+    if not chosen:
+        print("preflight: nothing would be submitted, nothing to check")
+        return 0
+    problems = preflight(chosen)
+    what = f"{len(chosen)} cell(s) a submission would run (data set, model name, weights file, DeepSpeed config)"
+    if problems:
+        print(f"preflight: FAILED for the {what}: a submission would stop here (the problems: stderr)")
+        print("sweep error: preflight failed, nothing would be submitted:\n  " + "\n  ".join(problems[:20]) +
+              (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else ""), file=sys.stderr)
+        return 2
+    print(f"preflight: ok for the {what}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return _main(argv)
@@ -147,7 +169,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"warning: halving needs the engine hook {HOOK}; this imgtrain does not have it")
         S.print_cells(sweep, states, dry_run=True, show_metric=False, limit=args.limit)
         print(S.format_counts(S.counts(states)))
-        return 0
+        return _dry_run_preflight(states, args)
 
     from imgtrain.sweep.executors import Options, PreflightError, launch, say
     resources = {"partition": args.partition, "account": args.account, "qos": args.qos,
