@@ -10,6 +10,7 @@ step is taken between batch requests after a warm-up; bare and engine alternate,
 The last line is `ratio: X.XX` (engine / bare, higher is better; target >= 0.95).
 """
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,13 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="imgtrain-bench-"))
+    try:
+        return measure(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the digits shards and every run's checkpoints (~765 MB)
+
+
+def measure(args, tmp: Path) -> int:
     data = tmp / "digits"  # the engine needs a real data set manifest; batches come from memory
     subprocess.run([sys.executable, "-m", "shards", "pack", "digits", "-", str(data)], check=True, cwd=ROOT,
                    capture_output=True)
