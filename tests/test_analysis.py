@@ -99,7 +99,7 @@ def test_leaderboard_best_matches_direct_query_and_summaries(sweep_root, analyse
         s = summaries[row["run_id"]]
         assert row["monitor"] == s["monitor"] == "val/acc1"
         assert row["best"] == pytest.approx(s["best"], abs=1e-12)
-        assert row["best_epoch"] == s["best_epoch"]
+        assert row["best_epoch"] == s["best_epoch"] + 1  # read by people: from 1; summary.parquet: from 0
         assert row["epochs"] == 2
         assert row["test/acc1"] == pytest.approx(s["test/acc1"])
         assert row["wall_s"] == pytest.approx(s["wall_s"]) and row["img_per_s"] > 0
@@ -276,7 +276,7 @@ def test_highest_attempt_wins(synthetic):
     with pytest.warns(A.AnalysisWarning, match="syn-00011: summary.parquet says best val/acc1"):
         board = A.leaderboard(A.load_runs(synthetic))
     assert board["run_id"][0].as_py() == "syn-00011"
-    assert board["best"][0].as_py() == 0.999 and board["best_epoch"][0].as_py() == last["epoch"]
+    assert board["best"][0].as_py() == 0.999 and board["best_epoch"][0].as_py() == last["epoch"] + 1
 
 
 def test_cache_reads_only_changed_runs_and_matches_a_fresh_read(synthetic, tmp_path):
@@ -388,7 +388,7 @@ def test_ties_go_to_the_earlier_epoch_and_nan_is_ignored(tmp_path):
     board = A.leaderboard(A.load_runs(tmp_path))
     assert board["run_id"].to_pylist() == ["r-early", "r-late", "r-low", "r-none"]
     assert board["best"].to_pylist() == [0.9, 0.9, 0.2, None]
-    assert board["best_epoch"].to_pylist() == [0, 1, 1, None]
+    assert board["best_epoch"].to_pylist() == [1, 2, 2, None]  # from 1, as the logs count (Parquet: 0, 1, 1)
     assert board["status"].to_pylist() == ["NEW"] * 4  # metrics only: no run.json, no marker
 
 

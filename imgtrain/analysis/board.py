@@ -143,9 +143,9 @@ def _column(values: list) -> pa.Array:
 
 def leaderboard(runs: RunSet, metric: Optional[str] = None) -> pa.Table:
     """One row per run, best first (a tie: the earlier best epoch first): rank, run_id, sweep, status,
-    monitor, best, best_epoch (0-based, as the Parquet `epoch` column and summary.parquet count),
-    epochs, the varied config keys, test/<metric> (last test values), wall_s, img_per_s, note (why a
-    run FAILED or was PRUNED).
+    monitor, best, best_epoch (counted from 1, as the logs, plots and `sweep status` show epochs; the
+    Parquet `epoch` column and summary.parquet's best_epoch count from 0), epochs, the varied config
+    keys, test/<metric> (last test values), wall_s, img_per_s, note (why a run FAILED or was PRUNED).
 
     `best` is recomputed from the Parquet rows of the run's monitored metric (or `metric`, a
     split/name, for every run), so runs without a summary (running, failed, pruned) show their best
@@ -185,7 +185,7 @@ def leaderboard(runs: RunSet, metric: Optional[str] = None) -> pa.Table:
         value, epoch = best.get(r.run_id, (None, None))
         seen = epochs_seen.get(r.run_id)
         row = {"rank": i, "run_id": r.run_id, "sweep": r.sweep, "status": r.status,
-               "monitor": monitors[r.run_id][0], "best": value, "best_epoch": epoch,
+               "monitor": monitors[r.run_id][0], "best": value, "best_epoch": None if epoch is None else epoch + 1,
                "epochs": s.get("epochs", None if seen is None else seen + 1),
                "wall_s": s.get("wall_s"), "img_per_s": s.get("img_per_s"), "note": r.reason}
         row.update({k: r.config.get(f"cfg.{k}") for k in varied})
@@ -227,8 +227,10 @@ def _check_summaries(runs: RunSet, monitors: dict, best: dict) -> None:
             continue
         value, epoch = best[r.run_id]
         if not math.isclose(value, s["best"], rel_tol=1e-9, abs_tol=1e-12) or epoch != s.get("best_epoch"):
+            said = s.get("best_epoch")  # epochs from 1 here too, as in every message a user reads
             warnings.warn(f"{r.run_id}: summary.parquet says best {s['monitor']} {s['best']} at epoch "
-                          f"{s.get('best_epoch')}, its Parquet metrics give {value} at epoch {epoch} "
+                          f"{None if said is None else said + 1}, its Parquet metrics give {value} at epoch "
+                          f"{epoch + 1} "
                           "(trainer.min_delta > 0, or lost metric parts?)", AnalysisWarning, stacklevel=3)
 
 

@@ -254,7 +254,7 @@ def write_report(result: Analysis, sections: Sequence[str] = (), rows: int = 50)
              "Ranked by " + ", ".join(f"`{m}` ({'higher' if d == 'max' else 'lower'} is better)"
                                       for m, d in modes.items())
              + "; `best` is recomputed from each run's Parquet metrics (best so far for runs that have not "
-               "finished), `best_epoch` counts from 0 as the Parquet `epoch` column does.",
+               "finished); `best_epoch` counts from 1, as the training logs do (the Parquet `epoch` column counts from 0).",
              f"Varied keys: {', '.join(f'`{k}`' for k in result.varied) or 'none'}.", "",
              "## Leaderboard", "",
              f"Full table: [leaderboard.csv]({_rel(result.files['leaderboard_csv'], out)}), "
