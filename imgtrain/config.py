@@ -30,7 +30,8 @@ class ConfigError(ValueError):
 
 
 def _volatile(default, **kw):
-    """A field that does not change results (paths, workers, logging): left out of the hash."""
+    """A field that does not change results (output.*, data.num_workers, logging and checkpoint cadence,
+    attempt limits): left out of the hash. data.path and model.pretrained_path are not volatile: hashed."""
     return field(default=default, metadata={"volatile": True}, **kw)
 
 
@@ -714,7 +715,8 @@ def _hashable(obj) -> dict:
 
 
 def config_hash(cfg: Config, length: int = 12) -> str:
-    """Hash of everything that changes results (paths, workers and logging cadence left out)."""
+    """Hash of everything that can change results, data.path and model.pretrained_path included; the
+    `_volatile` fields (output.*, workers, logging and checkpoint cadence, ...) are left out."""
     blob = json.dumps(_hashable(cfg), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
