@@ -25,29 +25,12 @@ def save_figure(fig, out: str | Path, dpi: int = 100) -> Path:
 
 
 def plot_confusion(cm: np.ndarray, names: Sequence[str], out: str | Path, title: str = "") -> Path:
-    """Counts, rows true classes, columns predictions, class names on both axes (every n-th beyond 40)."""
-    cm = np.asarray(cm)
-    n = len(cm)
-    size = min(16.0, max(5.0, 0.45 * n + 2))
-    fig = _figure(size + 1, size)
-    ax = fig.subplots()
-    im = ax.imshow(cm, cmap="Blues")
-    ticks = list(range(0, n, max(1, n // 40)))
-    longest = max((len(str(s)) for s in names), default=1)
-    ax.set_xticks(ticks, [str(names[i]) for i in ticks], rotation=90 if longest > 3 else 0)
-    ax.set_yticks(ticks, [str(names[i]) for i in ticks])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n <= 25:
-        top = cm.max() or 1
-        for i in range(n):
-            for j in range(n):
-                if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
-                            color="white" if cm[i, j] > top / 2 else "black")
-    fig.colorbar(im, ax=ax, label="images")
-    ax.set_title(title, fontsize=10)
-    return save_figure(fig, out)
+    """Counts, rows true classes, columns predictions: the analysis' confusion-matrix figure (one drawing for
+    `jobs/evaluate.py` and `jobs/analyze.py`), written to `out`."""
+    from imgtrain.analysis.plots import plot_confusion_matrix  # torch-free, and only when a figure is asked for
+    results = {"confusion_matrix": np.asarray(cm).tolist(), "class_names": [str(s) for s in names]}
+    plot_confusion_matrix(results, out, title=title or None)
+    return Path(out)
 
 
 def plot_scores(true_mean: np.ndarray, pred_mean: np.ndarray, out: str | Path, title: str = "") -> Path:
