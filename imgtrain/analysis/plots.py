@@ -32,9 +32,13 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, out: str | os.PathLike, dpi: int = 100) -> Path:
+    import io
+    from imgtrain.logs.atomic import atomic_write_bytes
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, bbox_inches="tight")  # keeps legends placed outside the axes
+    buf = io.BytesIO()
+    fig.savefig(buf, format=out.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")  # legends outside
+    atomic_write_bytes(out, buf.getvalue())  # a reader (or a crash) never sees half a figure
     return out
 
 
