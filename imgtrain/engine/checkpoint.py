@@ -20,7 +20,12 @@ from imgtrain.logs.atomic import fsync_dir, temp_path
 LAST, PREV, BEST = "last.pt", "last.prev.pt", "best.pt"
 
 
-class CheckpointError(RuntimeError):
+class RunError(RuntimeError):
+    """A run cannot go on for a reason its message states in full (changed data, a diverged loss, ...): the
+    command line prints the message without a traceback (the FAILED file keeps it) and exits 1."""
+
+
+class CheckpointError(RunError):
     pass
 
 

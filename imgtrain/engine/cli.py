@@ -7,6 +7,7 @@ registry (torch, timm) are imported by `preflight` itself, the trainer only to t
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -78,5 +79,13 @@ def main(argv=None, hooks=None) -> int:
         print(f"# run id: {runs.run_id(cfg)}  config hash: {C.config_hash(cfg)}  "
               f"run dir: {runs.run_dir(cfg)}")
         return 0
+    from imgtrain.engine.checkpoint import RunError
     from imgtrain.engine.trainer import train
-    return train(cfg, hooks).exit_code
+    try:
+        return train(cfg, hooks).exit_code
+    except (RunError, runs.Locked) as e:
+        # a reason stated in full: one line (or a few) on stderr; the FAILED file keeps the traceback
+        rank = os.environ.get("RANK")
+        where = f" (rank {rank})" if rank not in (None, "0") else ""
+        print(f"[imgtrain] error{where}: {e}", file=sys.stderr, flush=True)
+        return 1

@@ -184,7 +184,8 @@ class DeepSpeedStrategy:
         if self.env.is_main:
             if self.on_checkpoint_temp is not None:
                 self.on_checkpoint_temp(self.dir / tmp)
-            meta = {k: client_state[k] for k in ("config_hash", "world_size", "zero_stage", "run_id")}
+            meta = {k: client_state[k] for k in ("config_hash", "world_size", "zero_stage", "run_id",
+                                                  "data_fingerprint")}
             atomic_write_text(self.dir / tmp / "imgtrain.json", json.dumps({**meta, "step": step}))
             shutil.rmtree(self.dir / tag, ignore_errors=True)
             os.replace(self.dir / tmp, self.dir / tag)

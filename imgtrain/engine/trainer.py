@@ -29,7 +29,8 @@ from imgtrain.data import (Normalizer, build_mixup, build_split, dataset_info, i
                            resolve_norm, train_batches)
 from imgtrain.data.loader import _seeded
 from imgtrain.engine import dist, strategy
-from imgtrain.engine.checkpoint import rng_state, set_rng_state
+from imgtrain.data.memory import manifest_hash
+from imgtrain.engine.checkpoint import RunError, rng_state, set_rng_state
 from imgtrain.engine.evaluate import evaluate, top1_correct
 from imgtrain.engine.optim import (build_optimizer, build_scheduler, current_lr, load_scheduler_state,
                                    scheduler_state)
@@ -138,6 +139,8 @@ class Trainer:
 
         # data set, task, model
         self.info = info = dataset_info(cfg)
+        # the data set's contents (shard names, counts, checksums): a resume onto other data is refused
+        self.data_fingerprint = manifest_hash(info.manifest)
         self.task = tasks.build(cfg.task, info.num_outputs, info.class_counts, info.class_names, cfg.model.num_classes)
         self.num_classes = cfg.model.num_classes or self.task.num_outputs
         model = self.new_model()
@@ -226,7 +229,8 @@ class Trainer:
         rngs = dist.gather_objects(self.env, rng_state())
         return {"scheduler": scheduler_state(self.sched), "state": asdict(self.state), "rng": rngs,
                 "config_hash": self.chash, "world_size": self.env.world, "run_id": self.run_id,
-                "attempt": self.attempt, "model_name": self.cfg.model.name, "zero_stage": self.cfg.dist.zero_stage}
+                "attempt": self.attempt, "model_name": self.cfg.model.name, "zero_stage": self.cfg.dist.zero_stage,
+                "data_fingerprint": self.data_fingerprint}
 
     def save(self, *, improved: bool = False, value: Optional[float] = None, epoch: Optional[int] = None) -> None:
         self._tick()
@@ -242,6 +246,12 @@ class Trainer:
             if self.sched is not None:
                 self.sched.step_update(0)
             return
+        saved = resumed.get("data_fingerprint")  # None: a checkpoint from before fingerprints
+        if saved is not None and saved != self.data_fingerprint:
+            raise RunError(f"the data set at {self.cfg.data.path} changed since the checkpoint (data fingerprint "
+                           f"{saved} in the checkpoint, {self.data_fingerprint} now): refusing to resume onto other "
+                           "data; restore the data set, or start over (move the run directory away or set "
+                           "output.run=NEW_ID)")
         load_scheduler_state(self.sched, resumed.get("scheduler", {}))
         if not self.strategy.optimizer_state_has_lr and self.sched is not None:
             self.sched.step_update(resumed["state"]["step"])
