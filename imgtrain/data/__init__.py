@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from shards.manifest import load_manifest
+from shards.remote import is_remote, stage
 
 from imgtrain.config import Config
 from imgtrain.data.device_decode import images_on_device, require_jpeg_decoder
@@ -24,8 +25,17 @@ class DatasetInfo:
     class_counts: Optional[list[int]]  # train split, for balanced class weights
 
 
+def data_root(cfg: Config, log=print) -> Path:
+    """The data set's folder: data.path, or for a URL (https://..., pipe:...) its copy in node-local scratch,
+    made or completed now (shards/remote.py)."""
+    if is_remote(cfg.data.path):
+        from imgtrain.data.memory import cache_root  # the one place that knows where node-local scratch is
+        return stage(cfg.data.path, cache_root() / "shards", log=lambda m: log(f"[imgtrain] {m}"))
+    return Path(cfg.data.path)
+
+
 def dataset_info(cfg: Config) -> DatasetInfo:
-    root = Path(cfg.data.path)
+    root = data_root(cfg)
     manifest = load_manifest(root)
     if manifest["task"] != cfg.task.name:
         raise ValueError(f"{root}/manifest.json holds a '{manifest['task']}' data set but task.name is "
@@ -48,5 +58,5 @@ def build_split(cfg: Config, info: DatasetInfo, split: str, task, *, train: bool
                       draft=decode_size(cfg.data, train) if cfg.data.jpeg_draft else None, defer_jpegs=defer_jpegs)
 
 
-__all__ = ["DatasetInfo", "dataset_info", "build_split", "build_mixup", "resolve_norm", "ShardSplit", "Normalizer",
+__all__ = ["DatasetInfo", "dataset_info", "data_root", "build_split", "build_mixup", "resolve_norm", "ShardSplit", "Normalizer",
            "make_loader", "train_batches", "images_on_device", "EvalBatches", "TrainPlan", "epoch_order", "eval_positions"]

@@ -80,16 +80,17 @@ def model_problem(name: str) -> Optional[str]:
 def data_problems(path: str, task: str, train_split: Optional[str]) -> list[str]:
     """What imgtrain.data.dataset_info and the trainer's preflight would say about this data set."""
     from shards.manifest import load_manifest
+    from shards.remote import fetch_manifest, is_remote
 
     root = Path(path)
-    try:
-        manifest = load_manifest(root)
-    except Exception as e:  # ManifestError (missing, unreadable, invalid), OSError
+    try:  # a URL's manifest only: its shards are copied to each node's scratch when a cell starts
+        manifest = fetch_manifest(path) if is_remote(path) else load_manifest(root)
+    except Exception as e:  # ManifestError (missing, unreadable, invalid), OSError, RemoteError
         return [f"data.path: {e}"]
     if manifest["task"] != task:
-        return [f"data.path: {root}/manifest.json holds a '{manifest['task']}' data set but task.name is '{task}'"]
+        return [f"data.path: {path}/manifest.json holds a '{manifest['task']}' data set but task.name is '{task}'"]
     if train_split and train_split not in manifest["splits"]:
-        return [f"data.train_split: {root}/manifest.json has no split '{train_split}'"]
+        return [f"data.train_split: {path}/manifest.json has no split '{train_split}'"]
     return []
 
 
