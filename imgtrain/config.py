@@ -318,6 +318,9 @@ class TrainerConfig:
     # stop cleanly (last.pt, STOPPED, exit 75) once this many epochs are done; resumable with a larger value
     # or none. Successive halving's rungs (jobs/sweep.py). Not in the hash: the run id stays the same.
     stop_after_epochs: Optional[int] = _volatile(None)
+    # optimizer steps with a non-finite (NaN/inf) training loss tolerated, each skipped (no update); one more
+    # stops the run FAILED naming the step and the loss. fp16's GradScaler skips inf gradients itself (not counted)
+    max_nonfinite_steps: int = _added(0)
 
 
 @dataclass
@@ -666,6 +669,7 @@ _AT_LEAST = [
     ("trainer.log_every_steps", 1, "steps"), ("trainer.max_attempts", 1, "attempts"),
     ("trainer.stop_after_epochs", 1, "epochs"), ("data.cache_max_gb", 0, "GiB"), ("optim.lr", 0, "learning rate"),
     ("optim.weight_decay", 0, "weight decay"), ("data.max_bad_fraction", 0, "fraction"),
+    ("trainer.max_nonfinite_steps", 0, "skipped steps"),
 ]
 
 

@@ -53,3 +53,30 @@ def test_resume_onto_other_data_is_refused_naming_both_fingerprints(digits_shard
     assert no_traceback(resumed.stderr)
     assert attempts(tmp_path / "runs/r") == ["STOPPED", "FAILED"]
     assert "data fingerprint" in (tmp_path / "runs/r/FAILED").read_text()
+
+
+# ----------------------------------------------------------------------------- B: a non-finite loss stops the run
+
+def test_a_diverging_loss_fails_naming_the_step(digits_shards, tmp_path):
+    args = overrides(digits_shards, tmp_path, "nan", "optim.lr=1e12", "sched.warmup_epochs=0")
+    proc = run_cmd(train_cmd(CFG, *args), check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    line = next(x for x in proc.stderr.splitlines() if "non-finite training loss" in x)
+    assert no_traceback(proc.stderr) and "at step " in line and "max_nonfinite_steps=0" in line
+    first = int(line.split("at step ")[1].split()[0])
+    assert first > 1  # it diverged while training, not at the start
+    rdir = tmp_path / "runs/nan"
+    assert "non-finite training loss" in (rdir / "FAILED").read_text() and attempts(rdir) == ["FAILED"]
+
+    # trainer.max_nonfinite_steps=3: three steps skipped (warned), the fourth stops the run
+    tolerant = run_cmd(train_cmd(CFG, *args, "output.run=nan3", "trainer.max_nonfinite_steps=3"), check=False)
+    assert tolerant.returncode == 1
+    assert tolerant.stderr.count("UserWarning: skipped step") == 3
+    line = next(x for x in tolerant.stderr.splitlines() if "[imgtrain] error" in x)
+    assert f"at step {first + 3} " in line and "4 non-finite step(s)" in line
+
+
+def test_max_nonfinite_steps_is_refused_with_deepspeed(digits_shards, tmp_path):
+    proc = run_cmd(train_cmd(CFG, *overrides(digits_shards, tmp_path), "dist.strategy=deepspeed",
+                             "trainer.max_nonfinite_steps=2", "--dry-run"), check=False)
+    assert proc.returncode == 2 and "trainer.max_nonfinite_steps=2 is not supported" in proc.stderr

@@ -81,6 +81,9 @@ def ds_config(cfg: Config, world: int) -> dict:
         ours["zero_optimization"]["offload_param"] = offload
     if cfg.trainer.ema_decay:
         raise ConfigError("trainer.ema_decay is not supported with dist.strategy=deepspeed")
+    if cfg.trainer.max_nonfinite_steps:  # DeepSpeed updates inside backward(), before the loss could be checked
+        raise ConfigError(f"trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps} is not supported with "
+                          "dist.strategy=deepspeed (a non-finite loss stops the run there: leave it 0)")
     if cfg.trainer.compile:
         raise ConfigError("trainer.compile is not supported with dist.strategy=deepspeed (use DeepSpeed's "
                           "compile section through dist.deepspeed if you need it)")
@@ -156,6 +159,9 @@ class DeepSpeedStrategy:
 
     def optimizer_step(self, step: int) -> None:
         pass  # DeepSpeed stepped already in backward()
+
+    def skip_step(self) -> None:  # ds_config refuses trainer.max_nonfinite_steps > 0: the run stops instead
+        raise RuntimeError("DeepSpeed cannot skip an update")
 
     def params_changed(self) -> None:
         raise ConfigError("model.unfreeze_at_epoch does not work with dist.strategy=deepspeed; use ddp")

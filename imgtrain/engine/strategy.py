@@ -38,6 +38,9 @@ class Strategy(Protocol):
     def optimizer_step(self, step: int) -> None:
         """The end of an optimizer step (clipping, step, zeroing, EMA); `step` counts this one."""
 
+    def skip_step(self) -> None:
+        """Instead of optimizer_step: drop this step's gradients, no update (a non-finite loss)."""
+
     def params_changed(self) -> None:
         """The trainable parameters changed (model.unfreeze_at_epoch)."""
 
@@ -119,6 +122,9 @@ class DataParallel:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model, step=step)
+
+    def skip_step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
 
     def params_changed(self) -> None:
         if self.env.distributed:

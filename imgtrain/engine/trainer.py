@@ -60,6 +60,7 @@ class TrainState:
     # (training-mode outputs, all ranks) and the samples they were counted over -> train/acc1
     epoch_correct: float = 0.0
     epoch_samples: float = 0.0
+    nonfinite: int = 0  # optimizer steps skipped for a non-finite loss (trainer.max_nonfinite_steps)
 
 
 @dataclass
@@ -339,6 +340,7 @@ class Trainer:
         on_batch, on_step = self.hooks.on_batch, self.hooks.on_step
         last_ckpt = time.time()
         reason = None
+        step_losses = []  # this step's micro-batches: (loss, correct top-1), added to the window if finite
         self.model.train()
         for micro, b in enumerate(batches):
             if micro >= usable:
@@ -347,14 +349,19 @@ class Trainer:
             if on_batch is not None:
                 on_batch(env.rank, epoch, state.step * self.accum + micro % self.accum, b)
             loss, n, correct = self.forward_backward(b, epoch, start + micro * self.global_batch, sync=last_micro)
-            window["loss"] += loss
-            window["correct"] += correct
-            window["n"] += 1
+            step_losses.append((loss, correct))
             window["images"] += n
             window["bad"] += len(b["bad"])
             if not last_micro:
                 continue
-            lr = self.optimizer_step()
+            finite = self.finite_step(step_losses, epoch)
+            if finite:
+                for loss, correct in step_losses:
+                    window["loss"] += loss
+                    window["correct"] += correct
+                    window["n"] += 1
+            step_losses = []
+            lr = self.optimizer_step(skip=not finite)
             state.consumed = start + (micro + 1) * self.global_batch
             if state.step % cfg.trainer.log_every_steps == 0 or micro + 1 == usable:
                 self.log_window(window, lr, epoch)
@@ -424,11 +431,33 @@ class Trainer:
             st.backward(loss)
         return loss.detach(), len(x), self._correct(out, y)
 
-    def optimizer_step(self) -> float:
-        """The strategy's end of the step (clipping, step, EMA), then the schedule. Returns the base lr the step
-        used."""
+    def finite_step(self, step_losses: list, epoch: int) -> bool:
+        """Whether this step's losses are finite on every rank (collective; one host sync per step). A
+        non-finite one is skipped while trainer.max_nonfinite_steps allows, else the run stops (RunError)."""
+        losses = torch.stack([loss.float().reshape(()) for loss, _ in step_losses])
+        ok = bool(torch.isfinite(losses).all())  # the one sync
+        bad = [] if ok else [float(v) for v in losses.cpu() if not torch.isfinite(v)]
+        if not dist.any_rank(self.env, bool(bad)):
+            return True
+        state, limit = self.state, self.cfg.trainer.max_nonfinite_steps
+        state.nonfinite += 1
+        value = f"{bad[0]}" if bad else "non-finite on another rank"
+        if state.nonfinite > limit:
+            raise RunError(f"non-finite training loss ({value}) at step {state.step + 1} (epoch {epoch + 1}): the "
+                           f"run diverged; {state.nonfinite} non-finite step(s), trainer.max_nonfinite_steps={limit} "
+                           "tolerated (lower optim.lr, set trainer.clip_grad, or use bf16 rather than fp16)")
+        warnings.warn(f"skipped step {state.step + 1}: non-finite training loss ({value}); {state.nonfinite} of "
+                      f"trainer.max_nonfinite_steps={limit} tolerated")
+        return False
+
+    def optimizer_step(self, skip: bool = False) -> float:
+        """The strategy's end of the step (clipping, step, EMA), then the schedule; `skip`: no update (the
+        step still counts, the schedule moves on). Returns the base lr the step used."""
         self.state.step += 1
-        self.strategy.optimizer_step(self.state.step)
+        if skip:
+            self.strategy.skip_step()
+        else:
+            self.strategy.optimizer_step(self.state.step)
         lr = current_lr(self.optimizer)
         if self.sched is not None:
             self.sched.step_update(self.state.step)
@@ -438,12 +467,14 @@ class Trainer:
         """Train loss (mean over ranks), lr and speed since the last log line; the epoch's train accuracy
         counts. Collective."""
         env, state = self.env, self.state
-        loss = dist.sum_scalar(env, float(window["loss"]) / max(window["n"], 1)) / env.world
+        # every step of the window skipped for a non-finite loss (trainer.max_nonfinite_steps): no loss to show
+        loss = dist.sum_scalar(env, float(window["loss"]) / window["n"]) / env.world if window["n"] else float("nan")
         images = dist.sum_scalar(env, window["images"])
         state.skipped += int(dist.sum_scalar(env, window["bad"]))
         rate = images / max(time.time() - window["t"], 1e-9)
         state.images += int(images)
-        state.epoch_loss_sum += loss * window["n"]
+        if window["n"]:
+            state.epoch_loss_sum += loss * window["n"]
         state.epoch_loss_n += window["n"]
         if self.task.name == "classification":
             state.epoch_correct += dist.sum_scalar(env, float(window["correct"]))  # the device count's one sync
