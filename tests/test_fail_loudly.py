@@ -2,6 +2,7 @@
 split or monitor that does not exist, start-up errors before the run directory exists, lost checkpoints of a
 run with progress, a full disk, and log rows identical across a resume."""
 import json
+import os
 import shutil
 
 import pytest
@@ -80,3 +81,63 @@ def test_max_nonfinite_steps_is_refused_with_deepspeed(digits_shards, tmp_path):
     proc = run_cmd(train_cmd(CFG, *overrides(digits_shards, tmp_path), "dist.strategy=deepspeed",
                              "trainer.max_nonfinite_steps=2", "--dry-run"), check=False)
     assert proc.returncode == 2 and "trainer.max_nonfinite_steps=2 is not supported" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- C: a split or monitor that does not exist
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_missing_val_split_and_unknown_monitor_are_config_errors(digits_shards, tmp_path, dry_run):
+    extra = ["--dry-run"] if dry_run else []
+    split = run_cmd(train_cmd(CFG, *overrides(digits_shards, tmp_path), "data.val_split=valid", *extra), check=False)
+    assert split.returncode == 2, split.stderr[-3000:]
+    assert "data.val_split" in split.stderr and "no split 'valid'" in split.stderr
+    assert "test, train, val" in split.stderr and no_traceback(split.stderr)
+    mon = run_cmd(train_cmd(CFG, *overrides(digits_shards, tmp_path), "trainer.monitor=val/acc", *extra),
+                  check=False)
+    assert mon.returncode == 2, mon.stderr[-3000:]
+    assert "trainer.monitor: no metric 'val/acc'" in mon.stderr and "val/acc1" in mon.stderr
+    assert "train/epoch_loss" in mon.stderr and no_traceback(mon.stderr)
+    assert not (tmp_path / "runs").exists()
+    ok = run_cmd(train_cmd(CFG, *overrides(digits_shards, tmp_path), "trainer.monitor=val/f1", "--dry-run"))
+    assert "run id" in ok.stdout
+
+
+# ----------------------------------------------------------------------------- D: start-up errors before the run dir
+
+@pytest.mark.parametrize("bad", ["model.name=no_such_model", "data.path={tmp}/missing", "data.path={tmp}/empty"])
+def test_startup_errors_exit_2_before_the_run_directory_exists(digits_shards, tmp_path, bad):
+    (tmp_path / "empty").mkdir()
+    proc = run_cmd(train_cmd(CFG, *overrides(digits_shards, tmp_path), bad.format(tmp=tmp_path)), check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith("config check failed:") and no_traceback(proc.stderr)
+    assert len(proc.stderr.splitlines()) <= 4, proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_locked_run_is_one_line_exit_1(digits_shards, tmp_path):
+    from shards.dirlock import acquire
+    rdir = tmp_path / "runs/r"
+    rdir.mkdir(parents=True)
+    lock = acquire(rdir / "LOCK", what="run r")  # this (live) process holds the run
+    try:
+        proc = run_cmd(train_cmd(CFG, *overrides(digits_shards, tmp_path)), check=False)
+    finally:
+        lock.release()
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert no_traceback(proc.stderr)
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("[imgtrain] error: ") and str(os.getpid()) in lines[0], lines
+    assert not (rdir / "FAILED").exists() and not (rdir / "run.json").exists()
+
+
+def test_too_many_bad_samples_is_one_line_and_failed_keeps_the_traceback(digits_shards, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(digits_shards, data)
+    shard = data / "train-000000.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    proc = run_cmd(train_cmd(CFG, *overrides(data, tmp_path, "strict")), check=False)
+    assert proc.returncode == 1 and no_traceback(proc.stderr), proc.stderr[-3000:]
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("[imgtrain] error: "))
+    assert "exceed data.max_bad_fraction=0.01" in line and "train-000000.tar" in line
+    failed = (tmp_path / "runs/strict/FAILED").read_text()
+    assert "Traceback" in failed and "exceed data.max_bad_fraction" in failed

@@ -16,6 +16,44 @@ from imgtrain import runs
 from imgtrain.runs import REQUEUE_EXIT_CODE
 
 
+def split_and_monitor_problems(cfg: C.Config, info) -> list[str]:
+    """A validation split the manifest lacks (validation would silently be off) and a trainer.monitor that no
+    split logs (no best.pt, early stopping never fires). `info`: data.dataset_info(cfg)."""
+    import numpy as np
+    from imgtrain import tasks
+    problems = []
+    splits = sorted(info.manifest["splits"])
+    val = cfg.data.val_split
+    # the default 'val' on a data set without one means "no validation", as it always did; a named one must exist
+    if val and val not in splits and val != C.DataConfig.val_split:
+        problems.append(f"data.val_split: {info.root}/manifest.json has no split '{val}' (it has: "
+                        f"{', '.join(splits)}; data.val_split=null for no validation)")
+        return problems
+    has_val = bool(val) and val in splits
+    try:
+        monitor = runs.monitor_of(cfg, has_val=has_val).metric
+    except ValueError as e:
+        return [f"trainer.monitor_mode: {e}"]
+    if cfg.trainer.monitor in (None, "auto"):
+        return problems
+    logged = [runs.NO_VAL_MONITOR]
+    if has_val:
+        try:  # the names task.metrics returns, from a few made-up predictions
+            task = tasks.build(cfg.task, info.num_outputs, info.class_counts, info.class_names, cfg.model.num_classes)
+            c = cfg.model.num_classes or task.num_outputs
+            logits = np.random.default_rng(0).normal(size=(2 * c, c))
+            targets = np.arange(2 * c) % c if task.name == "classification" else np.ones((2 * c, c))
+            logged += [f"val/{k}" for k in (*task.metrics(logits, targets), "samples", "skipped")]
+        except Exception:  # cannot tell: the trainer's own check decides
+            return problems
+    if monitor not in logged:
+        shown = [m for m in logged if "/" not in m.split("/", 1)[1]]
+        problems.append(f"trainer.monitor: no metric '{monitor}' is logged for model selection (it can be one of: "
+                        f"{', '.join(shown)}{', val/acc_class/<i>' if any('acc_class/' in m for m in logged) else ''}"
+                        f"{'' if has_val else '; no validation split, so no val/ metric'})")
+    return problems
+
+
 def preflight(cfg: C.Config) -> list[str]:
     """What would stop this run at start-up, found in seconds (for --dry-run and launchers)."""
     from imgtrain import models  # torch, timm: only for the check itself (not for --help)
@@ -27,6 +65,7 @@ def preflight(cfg: C.Config) -> list[str]:
             split = getattr(cfg.data, key)
             if split and split not in info.manifest["splits"] and key == "train_split":
                 problems.append(f"data.{key}: {info.root}/manifest.json has no split '{split}'")
+        problems += split_and_monitor_problems(cfg, info)
     except Exception as e:
         problems.append(f"data.path: {e}")
     try:
@@ -70,11 +109,13 @@ def main(argv=None, hooks=None) -> int:
     except C.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    # the same check with or without --dry-run, on every rank (seconds), before the run directory exists: an
+    # unknown model or a missing data set is exit 2 with its lines, not a traceback and a FAILED run folder
+    problems = preflight(cfg)
+    if problems:
+        print("config check failed:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
     if args.dry_run:
-        problems = preflight(cfg)
-        if problems:
-            print("config check failed:\n  " + "\n  ".join(problems), file=sys.stderr)
-            return 2
         print(C.to_yaml(cfg), end="")
         print(f"# run id: {runs.run_id(cfg)}  config hash: {C.config_hash(cfg)}  "
               f"run dir: {runs.run_dir(cfg)}")

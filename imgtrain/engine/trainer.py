@@ -180,6 +180,10 @@ class Trainer:
             raise ValueError(f"split '{cfg.data.train_split}' has {len(self.train_ds)} samples, fewer than one "
                              f"optimizer step needs (data.batch_size {self.batch} x {env.world} ranks x "
                              f"trainer.grad_accum {self.accum})")
+        from imgtrain.engine.cli import split_and_monitor_problems  # what preflight checks, for other callers
+        problems = split_and_monitor_problems(cfg, info)
+        if problems:
+            raise RunError("; ".join(problems))
         self.monitor, self.mode = self._monitor()
         self.sched = build_scheduler(cfg.sched, self.optimizer, epochs=cfg.trainer.epochs,
                                      updates_per_epoch=self.steps_per_epoch, mode=self.mode)
@@ -485,7 +489,7 @@ class Trainer:
         window.update(loss=0.0, n=0, images=0, bad=0, correct=0, t=time.time())
         limit = self.cfg.data.max_bad_fraction
         if state.skipped > 10 and state.skipped > limit * max(state.images, 1):
-            raise RuntimeError(f"{state.skipped} undecodable training samples out of {state.images} exceed "
+            raise RunError(f"{state.skipped} undecodable training samples out of {state.images} exceed "
                                f"data.max_bad_fraction={limit}; last on this rank: {self.last_bad}")
 
     def eval_model(self):
