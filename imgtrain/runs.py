@@ -26,7 +26,7 @@ from imgtrain.config import config_hash
 from imgtrain.logs.atomic import atomic_write_text, fsync_dir, is_temp_name
 from shards.dirlock import Locked, acquire as acquire_lock  # noqa: F401 (callers catch runs.Locked)
 from imgtrain.logs.parquet import compact_metrics, write_summary
-from imgtrain.logs.runinfo import RUN_JSON, end_attempt, now_iso, resolve_root, start_attempt
+from imgtrain.logs.runinfo import RUN_JSON, end_attempt, now_iso, read_run, resolve_root, start_attempt
 
 # EX_TEMPFAIL: stopped cleanly on a signal after writing last.pt. The batch script (slurm/launch.sh via
 # imgtrain.launch), the sweep job and the local executor read it as "requeue me, I will resume".
@@ -263,6 +263,26 @@ def attempt(rdir: str | os.PathLike, *, run_id: str, sweep: Optional[str] = None
     finally:
         if lock is not None:
             lock.release()
+
+
+# --------------------------------------------------------------------------- progress
+
+def record_checkpoint(rdir: str | os.PathLike, step: int) -> None:
+    """run.json's `checkpoint_step`: the step of the newest checkpoint written (rank 0, after it is in
+    place). A run with progress whose checkpoints are all gone is then refused, not silently started over.
+    Nothing without run.json (a Trainer outside runs.attempt, e.g. a benchmark)."""
+    info = read_run(rdir)
+    if info is None or info.get("checkpoint_step") == step:
+        return
+    attempts = info.pop("attempts", [])
+    info["checkpoint_step"] = step
+    info["attempts"] = attempts  # attempts stay last in the file
+    atomic_write_text(Path(rdir) / RUN_JSON, json.dumps(info, indent=2) + "\n")
+
+
+def checkpoint_step(rdir: str | os.PathLike) -> int:
+    """The step of the newest checkpoint any attempt wrote (run.json), 0 when none did."""
+    return int((read_run(rdir) or {}).get("checkpoint_step") or 0)
 
 
 # --------------------------------------------------------------------------- monitored metric

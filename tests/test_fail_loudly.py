@@ -141,3 +141,21 @@ def test_too_many_bad_samples_is_one_line_and_failed_keeps_the_traceback(digits_
     assert "exceed data.max_bad_fraction=0.01" in line and "train-000000.tar" in line
     failed = (tmp_path / "runs/strict/FAILED").read_text()
     assert "Traceback" in failed and "exceed data.max_bad_fraction" in failed
+
+
+# ----------------------------------------------------------------------------- E: all checkpoints deleted
+
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
+def test_deleted_checkpoints_of_a_run_with_progress_are_refused(digits_shards, tmp_path, strategy):
+    args = overrides(digits_shards, tmp_path, "r", "data.batch_size=8", f"dist.strategy={strategy}")
+    stopped = run_cmd(train_cmd(CFG, *args), env={"IMGTRAIN_TEST_SIGNAL_AT_STEP": "5"}, check=False)
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    rdir = tmp_path / "runs/r"
+    assert json.loads((rdir / "run.json").read_text())["checkpoint_step"] == 5
+    shutil.rmtree(rdir / "checkpoints")  # last.pt and last.prev.pt (or every DeepSpeed tag) gone
+    proc = run_cmd(train_cmd(CFG, *args), check=False)
+    assert proc.returncode == 1 and no_traceback(proc.stderr), proc.stderr[-3000:]
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("[imgtrain] error: "))
+    assert "has progress" in line and "step 5" in line and "refusing to start over" in line
+    assert "output.run=NEW_ID" in line and str(rdir) in line
+    assert attempts(rdir) == ["STOPPED", "FAILED"]

@@ -243,11 +243,17 @@ class Trainer:
                            epoch=epoch if epoch is not None else self.state.epoch)
         if self.env.is_main:
             self.writer.flush()  # metrics up to this checkpoint are on disk with it
+            runs.record_checkpoint(self.rdir, self.state.step)  # the run has progress: never start it over
         dist.barrier(self.env)
 
     def resume(self) -> None:
         resumed = self.strategy.resume(self.chash)  # model, optimizer (scaler, EMA) restored
         if resumed is None:
+            step = runs.checkpoint_step(self.rdir)
+            if step > 0:  # every checkpoint deleted (checkpoint.resume_newest covers damaged ones)
+                raise RunError(f"run {self.run_id} has progress (run.json: a checkpoint at step {step} was written) "
+                               f"but {self.rdir / 'checkpoints'} holds none: refusing to start over; to start "
+                               f"over, move {self.rdir} away or set output.run=NEW_ID")
             if self.sched is not None:
                 self.sched.step_update(0)
             return
