@@ -159,3 +159,32 @@ def test_deleted_checkpoints_of_a_run_with_progress_are_refused(digits_shards, t
     assert "has progress" in line and "step 5" in line and "refusing to start over" in line
     assert "output.run=NEW_ID" in line and str(rdir) in line
     assert attempts(rdir) == ["STOPPED", "FAILED"]
+
+
+# ----------------------------------------------------------------------------- F: disk full while training
+
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
+def test_a_full_disk_while_training_leaves_no_temporary_checkpoint_and_is_failed(digits_shards, tmp_path, strategy):
+    """RLIMIT_FSIZE makes a write fail with EFBIG as a full disk does with ENOSPC: the same OSError path. The
+    limit lets the small files through (run.json, metrics, FAILED) and stops the checkpoint."""
+    import resource
+    import signal
+    import subprocess
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+    cmd = [str(c) for c in train_cmd(CFG, *overrides(digits_shards, tmp_path, "r", "trainer.ckpt_every_steps=5",
+                                                     "model.width=[256]", "data.cache=none",
+                                                     f"dist.strategy={strategy}"))]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300, preexec_fn=small_files)
+    rdir = tmp_path / "runs/r"
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    failed = (rdir / "FAILED").read_text()
+    # the checkpoint's write failed (torch's zip writer may report EFBIG as a bad position)
+    assert ("File too large" in failed and "atomic_save" in failed) if strategy == "ddp" else \
+        "save_checkpoint" in failed
+    assert attempts(rdir) == ["FAILED"]
+    leftovers = [str(p.relative_to(rdir)) for p in rdir.rglob("*") if p.name.startswith(".") or ".tmp" in p.name]
+    assert not leftovers, leftovers

@@ -33,13 +33,17 @@ def atomic_save(obj, path: Path, on_temp: Optional[Callable[[Path], None]] = Non
     """`on_temp(temp path)` is called once the temporary file is complete, before the rename (a test seam)."""
     path = Path(path)
     tmp = temp_path(path)
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if on_temp is not None:
-        on_temp(tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if on_temp is not None:
+            on_temp(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk (ENOSPC, EFBIG), a signal: no half-written file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 

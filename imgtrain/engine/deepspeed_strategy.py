@@ -186,7 +186,12 @@ class DeepSpeedStrategy:
         tag, tmp = f"step{step:09d}", f".tmp-step{step:09d}"
         if self.env.is_main:
             shutil.rmtree(self.dir / tmp, ignore_errors=True)
-        self.engine.save_checkpoint(str(self.dir), tag=tmp, client_state=client_state, save_latest=False)
+        try:
+            self.engine.save_checkpoint(str(self.dir), tag=tmp, client_state=client_state, save_latest=False)
+        except BaseException:  # a full disk: no half-written tag is left (it would never count, but takes room)
+            if self.env.is_main:
+                shutil.rmtree(self.dir / tmp, ignore_errors=True)
+            raise
         if self.env.is_main:
             if self.on_checkpoint_temp is not None:
                 self.on_checkpoint_temp(self.dir / tmp)
