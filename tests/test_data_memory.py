@@ -235,7 +235,8 @@ def test_memory_run_trains_on_the_shard_order_and_results(digits_shards, tmp_pat
 @pytest.mark.slow
 def test_memory_signal_then_resume_is_bit_identical(digits_shards, tmp_path):
     args = lambda root: [f"data.path={digits_shards}", f"output.root={root}", "output.run=ft",  # noqa: E731
-                         "trainer.epochs=1", "data.cache=memory", "data.hflip=0.5", "data.cutout=6"]
+                         "trainer.epochs=1", "data.cache=memory", "data.hflip=0.5", "data.cutout=6",
+                         "trainer.log_every_steps=7"]  # the stop (step 30) falls inside a log window (28-35)
     straight, resumed = tmp_path / "a", tmp_path / "b"
     env = scratch_env(tmp_path)
     run_cmd(train_cmd(CFG, *args(straight)), env=env)

@@ -188,3 +188,23 @@ def test_a_full_disk_while_training_leaves_no_temporary_checkpoint_and_is_failed
     assert attempts(rdir) == ["FAILED"]
     leftovers = [str(p.relative_to(rdir)) for p in rdir.rglob("*") if p.name.startswith(".") or ".tmp" in p.name]
     assert not leftovers, leftovers
+
+
+# ----------------------------------------------------------------------------- G: log rows identical across a resume
+
+def test_every_logged_value_is_the_same_after_a_resume_between_log_rows(digits_shards, tmp_path):
+    """The train loss row averages a window of trainer.log_every_steps steps: a stop inside a window (step 10,
+    rows at 7 and 14) must not change the row after the resume, nor acc1, skipped or the epoch loss."""
+    from test_fault_tolerance import comparable_metrics, same_weights
+    args = lambda root: overrides(digits_shards, root, "g", "trainer.epochs=2", "trainer.log_every_steps=7",
+                                  "trainer.ckpt_every_steps=5", "data.num_workers=2")
+    run_cmd(train_cmd(CFG, *args(tmp_path / "a")))
+    stopped = run_cmd(train_cmd(CFG, *args(tmp_path / "b")), env={"IMGTRAIN_TEST_SIGNAL_AT_STEP": "10"},
+                      check=False)
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    run_cmd(train_cmd(CFG, *args(tmp_path / "b")))
+    a, b = tmp_path / "a/runs/g", tmp_path / "b/runs/g"
+    assert same_weights(a, b)
+    rows_a, rows_b = comparable_metrics(a), comparable_metrics(b)
+    assert any(r["metric"] == "loss" and r["step"] == 14 for r in rows_a)
+    assert rows_a == rows_b

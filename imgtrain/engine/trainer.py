@@ -63,6 +63,19 @@ class TrainState:
     nonfinite: int = 0  # optimizer steps skipped for a non-finite loss (trainer.max_nonfinite_steps)
 
 
+def _window_state(window: Optional[dict]) -> Optional[dict]:
+    """A log window's running sums for a checkpoint (device tensors as CPU tensors, exact); None: no window."""
+    if window is None:
+        return None
+    return {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in window.items() if k != "t"}
+
+
+def _window_from_state(saved: Optional[dict], device: torch.device) -> Optional[dict]:
+    if saved is None:
+        return None
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in saved.items()}
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -194,6 +207,10 @@ class Trainer:
         # bookkeeping
         self.writer = MetricWriter(self.rdir, self.run_id, cfg.output.sweep, attempt) if env.is_main else None
         self.state = TrainState()
+        # the log window of the epoch being trained (running sums since the last train/loss row): in mid-epoch
+        # checkpoints, so the first row after a resume averages the same steps as uninterrupted
+        self.window: Optional[dict] = None
+        self.resumed_window: Optional[dict] = None
         self.t_mark = time.time()
         self.last_bad: Optional[str] = None
 
@@ -232,7 +249,8 @@ class Trainer:
         """DESIGN §4: the run's state; the strategy adds the model's and optimizer's (under DeepSpeed this is
         DeepSpeed's client state). Collective: every rank contributes its RNG state."""
         rngs = dist.gather_objects(self.env, rng_state())
-        return {"scheduler": scheduler_state(self.sched), "state": asdict(self.state), "rng": rngs,
+        windows = dist.gather_objects(self.env, _window_state(self.window))
+        return {"scheduler": scheduler_state(self.sched), "state": asdict(self.state), "rng": rngs, "window": windows,
                 "config_hash": self.chash, "world_size": self.env.world, "run_id": self.run_id,
                 "attempt": self.attempt, "model_name": self.cfg.model.name, "zero_stage": self.cfg.dist.zero_stage,
                 "data_fingerprint": self.data_fingerprint}
@@ -269,6 +287,8 @@ class Trainer:
         self.state = state = TrainState(**resumed["state"])
         if resumed["world_size"] == self.env.world:
             set_rng_state(resumed["rng"][self.env.rank])
+            saved = resumed.get("window")  # None: a checkpoint from before the log window was saved
+            self.resumed_window = _window_from_state(saved[self.env.rank], self.env.device) if saved else None
         else:  # same sample position, fresh per-rank RNG streams; exactness is not promised here
             seed_everything(self.cfg.trainer.seed + self.env.rank + 1000 * state.step)
             self.log(f"world size changed {resumed['world_size']} -> {self.env.world}: continuing at epoch "
@@ -347,6 +367,17 @@ class Trainer:
             dropped = len(self.train_ds) - self.steps_per_epoch * self.accum * self.global_batch
             self.writer.log("train", "dropped", float(dropped), epoch=epoch, step=state.step)
         window = {"loss": 0.0, "n": 0, "images": 0, "bad": 0, "correct": 0, "t": time.time()}
+        if self.resumed_window is not None:  # mid-epoch resume: the window's sums up to the checkpoint
+            window.update(self.resumed_window)
+            self.resumed_window = None
+        self.window = window
+        try:
+            return self._train_steps(window, batches, usable, epoch, start)
+        finally:
+            self.window = None  # an epoch-end checkpoint has no open window
+
+    def _train_steps(self, window: dict, batches, usable: int, epoch: int, start: int) -> tuple[Optional[str], bool]:
+        cfg, env, state = self.cfg, self.env, self.state
         on_batch, on_step = self.hooks.on_batch, self.hooks.on_step
         last_ckpt = time.time()
         reason = None
