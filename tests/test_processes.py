@@ -104,8 +104,8 @@ def test_a_sweep_driver_killed_with_9_takes_its_cells_along(digits_shards, tmp_p
 
 @pytest.mark.slow
 def test_pack_workers_die_with_a_parent_killed_with_9(tmp_path):
-    proc = subprocess.Popen([PY, "-m", "shards", "pack", "digits", "-", tmp_path / "out", "--upscale", "96",
-                             "--shard-size", "20", "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([PY, "-m", "shards", "pack", "digits", "-", tmp_path / "out", "--upscale", "192",
+                             "--shard-size", "10", "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 60
     workers = []
@@ -113,7 +113,6 @@ def test_pack_workers_die_with_a_parent_killed_with_9(tmp_path):
         workers = psutil.Process(proc.pid).children()
         time.sleep(0.1)
     assert len(workers) == 2, "the pool did not start"
-    time.sleep(0.5)
     assert proc.poll() is None, "the pack finished before it could be killed: give it more work"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
