@@ -34,6 +34,8 @@
 #                       scontrol and this script stay outside the container
 #   IMGTRAIN_PYTHON     the Python to use (default <repo>/.venv/bin/python, else python3)
 #   IMGTRAIN_DRY_RUN=1  same as --dry-run
+#   IMGTRAIN_TRAIN_ENTRY  the training script, relative to the repository (default jobs/train.py; the
+#                       tests run tests/hooked_train.py, which adds their stop and pause seams)
 #   IMGTRAIN_RESEND_S   while the workers stop, the stop signal is sent again every this many
 #                       seconds (default 10). A backstop: jobs/train.py keeps a signal from its
 #                       first milliseconds on, but one that comes while the interpreter itself
@@ -507,7 +509,7 @@ main_train() {
 
   local -a torchrun=("${PY[@]}" -m torch.distributed.run --nnodes="${NNODES}" --nproc_per_node="${NPROC}"
     --rdzv_backend=c10d --rdzv_endpoint="${HEAD}:${PORT}" --rdzv_id="${JOB}" --max_restarts=0
-    "$REPO/jobs/train.py" --config "${CONFIG}" "${OVERRIDES[@]}")
+    "$REPO/${IMGTRAIN_TRAIN_ENTRY:-jobs/train.py}" --config "${CONFIG}" "${OVERRIDES[@]}")
   local -a step=(srun --nodes="${NNODES}" --ntasks="${NNODES}" --ntasks-per-node=1 --kill-on-bad-exit=1
     --cpus-per-task="${CPUS}" bash "${SELF}" --node "${torchrun[@]}")
 

@@ -47,7 +47,8 @@ def test_deepspeed_on_two_nodes_preempted_and_resumed_exactly(submitted, slurm_m
     extensions = tmp_path / "torch_extensions"  # an op JIT-built (or loaded from a cache) would be found here
     job = submit(submitted, slurm_multinode, tmp_path, f"data.path={ava_shards}", f"output.root={tmp_path}", *TINY,
                  *DS, f"trainer.epochs={EPOCHS}", sbatch=["--nodes=2"],
-                 env={"TORCH_EXTENSIONS_DIR": str(extensions), "IMGTRAIN_TEST_SIGNAL_AT_STEP": str(STOP_AT)})
+                 env={"TORCH_EXTENSIONS_DIR": str(extensions), "IMGTRAIN_TEST_SIGNAL_AT_STEP": str(STOP_AT),
+                      "IMGTRAIN_TRAIN_ENTRY": "tests/hooked_train.py"})
     assert job.wait(timeout=300) == "COMPLETED", job.logs()
     rdir = the_run_dir(tmp_path)
     info = run_json(rdir)
