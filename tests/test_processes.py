@@ -15,7 +15,7 @@ from imgtrain.logs import read_run
 CFG = ROOT / "tests/configs/tiny_digits.yaml"
 
 
-def _spec(tmp_path, data, epochs=30):
+def _spec(tmp_path, data, epochs=5000):  # long: every test stops or kills the cell
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump({"name": "sig", "config": str(CFG), "grid": {"optim.lr": [0.01, 0.02, 0.03]},
                                     "overrides": {"data.path": str(data), "trainer.epochs": epochs,

@@ -438,7 +438,7 @@ def test_slurm_job_array_with_preempted_tasks(digits_shards, tmp_path, slurm_clu
 def test_slurm_cancel(digits_shards, tmp_path, slurm_cluster, monkeypatch):
     slurm_cluster.activate(monkeypatch)
     root = tmp_path / "root"
-    path = write_spec(tmp_path / "c.yaml", name="canc", overrides=tiny(digits_shards, **{"trainer.epochs": 20}),
+    path = write_spec(tmp_path / "c.yaml", name="canc", overrides=tiny(digits_shards, **{"trainer.epochs": 2000}),
                       grid={"optim.lr": [0.05, 0.1, 0.2]}, resources={"time": 10})
     run_cmd([*SWEEP, path, "--root", root, "--partition", slurm_cluster.partition, "--no-preflight",
              "--array-parallelism", "1"], env=slurm_cluster.env, timeout=120)
