@@ -36,14 +36,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from imgtrain import config as C  # noqa: E402
 from imgtrain.logs import MetricWriter, compact_metrics, mark_done, mark_failed, write_summary  # noqa: E402
-from imgtrain.logs.parquet import ROLL_PARTS  # noqa: E402
+from imgtrain.logs.metric_writer import ROLL_PARTS  # noqa: E402
 
 TARGET_S = 2.0
 GRID = {

@@ -1,37 +1,9 @@
 #!/usr/bin/env python
-"""Export a run's weights as one plain fp32 checkpoint, e.g. consolidated from a ZeRO-partitioned
-DeepSpeed checkpoint, so evaluation, feature extraction and fine-tuning load it like a DDP checkpoint."""
-import argparse
+"""Export a run's weights as one plain fp32 checkpoint (e.g. from a ZeRO-partitioned DeepSpeed checkpoint).
+See `python jobs/export.py --help`; the command is imgtrain/engine/export.py (console script `imgtrain-export`)."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, venv or container
-
-from imgtrain.engine.deepspeed_strategy import export_fp32  # noqa: E402
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(
-        prog="jobs/export.py", description=__doc__,
-        epilog="examples:\n  python jobs/export.py runs/runs/ava_vit-1a2b3c4d            # best -> checkpoints/export-<tag>.pt\n"
-               "  python jobs/export.py RUN_DIR --tag last --out /scratch/vit_last.pt\n"
-               "then: python jobs/train.py --config ... model.pretrained_path=/scratch/vit_last.pt",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a run directory (<root>/runs/<run id>)")
-    p.add_argument("--tag", default="best", help="best, last, or a DeepSpeed tag such as step000001200 (default best)")
-    p.add_argument("--out", type=Path, help="output file (default RUN_DIR/checkpoints/export-<tag>.pt)")
-    args = p.parse_args()
-    if not (args.run_dir / "checkpoints").is_dir():
-        print(f"export: {args.run_dir} is not a run directory (no checkpoints/)", file=sys.stderr)
-        return 2
-    try:
-        out = export_fp32(args.run_dir, args.tag, args.out)
-    except FileNotFoundError as e:
-        print(f"export: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
-
+from imgtrain.engine.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create or reuse the project's virtual environment (default .venv) and install requirements.txt.
-# The venv is stamped with the requirements file's sha256: unchanged file -> nothing is reinstalled.
+# The venv is stamped with the sha256 of requirements.txt and pyproject.toml: both unchanged -> nothing is
+# reinstalled. imgtrain itself is an editable install (pip install -e .): the code is read from this
+# repository, and the commands of pyproject.toml's [project.scripts] (imgtrain-train, ...) are on the venv's PATH.
 #   bash jobs/venv.sh [VENV_DIR]      env: PYTHON (default python3.11), IMGTRAIN_REQUIREMENTS
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -9,7 +11,7 @@ req=${IMGTRAIN_REQUIREMENTS:-$root/requirements.txt}
 stamp="$venv/.requirements.sha256"
 
 [ -f "$req" ] || { echo "venv: requirements file $req not found" >&2; exit 2; }
-want=$(sha256sum "$req" | cut -d' ' -f1)
+want=$(cat "$req" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)
 if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   echo "venv: $venv is up to date with $(basename "$req")"
   exit 0
@@ -23,7 +25,7 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "venv: creating $venv"
   "$python" -m venv "$venv"
 fi
-echo "venv: installing $(basename "$req") (requirements changed or first run)"
+echo "venv: installing $(basename "$req") and imgtrain (requirements or pyproject.toml changed, or first run)"
 rm -f "$stamp"
 # pip warns once per local wheel folder it ignores; drop that noise, keep pip's exit status.
 set +e
@@ -40,8 +42,15 @@ if [ -n "$contrib" ] && "$venv/bin/python" -m pip show -q opencv-python-headless
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$contrib" 2>&1 \
     | grep -v "is ignored" || true
 fi
-# imgtrain and shards import from the repository root (an editable install without a build step).
+# imgtrain and shards: an editable install of this repository (no copy; console scripts on PATH). No build
+# isolation: setuptools comes from the venv (Python 3.11's venv has it), nothing is downloaded.
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo "$root" > "$site/imgtrain-root.pth"
+rm -f "$site/imgtrain-root.pth" # what venvs made before the editable install used
+set +e
+"$venv/bin/python" -m pip install --disable-pip-version-check --no-deps --no-build-isolation --no-index -q -e "$root" 2>&1 \
+  | grep -v "is ignored"
+status=${PIPESTATUS[0]}
+set -e
+[ "$status" -eq 0 ] || { echo "venv: pip install -e $root failed (exit $status)" >&2; exit "$status"; }
 echo "$want" > "$stamp"
 echo "venv: ready ($venv)"

@@ -72,8 +72,10 @@ examples:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, before_sample=None) -> int:
+    """`python -m shards ...`. `before_sample`: the tests' seam into the shard writer (tests/hooked_pack.py)."""
     args = build_parser().parse_args(argv)
+    args.before_sample = before_sample
     try:
         return args.run(args)
     except (UsageError, SourceError) as e:
@@ -182,7 +184,8 @@ def _pack(args) -> int:
         seed=args.seed, strict=args.strict, resize=args.resize, format=args.format, quality=args.quality,
         name=args.name, source_options={n: v for n, v in specific.items() if v is not None},
         submitit_array=args.submitit_array, submitit_cluster=args.submitit_cluster,
-        submitit_folder=args.submitit_folder, slurm_partition=args.slurm_partition, replace=args.replace)
+        submitit_folder=args.submitit_folder, slurm_partition=args.slurm_partition, replace=args.replace,
+        before_sample=args.before_sample)
     result = pack(opts)
     m = result["manifest"]
     total = sum(e["count"] for e in m["splits"].values())

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 from shards import images, parallel, splits
 from shards.dirlock import acquire as acquire_lock
@@ -64,6 +64,8 @@ class PackOptions:
     submitit_folder: str | None = None
     slurm_partition: str | None = None
     replace: bool = False  # replace a complete data set in `out` packed from the same source with other options
+    # the tests' seam, not an option: write_shard's before_sample (e.g. stall half-way through a shard)
+    before_sample: Optional[Callable[[ShardSpec, int], None]] = None
 
 
 class Scan(NamedTuple):
@@ -123,7 +125,8 @@ def pack(opts: PackOptions) -> dict:
         _retire_old_manifest(out, plan)
         bar = Progress("write", len(kept))
         try:
-            written: list[ShardResult] = _map(opts, out, partial(write_shard, opts=enc, out_dir=str(out)), plan,
+            written: list[ShardResult] = _map(opts, out, partial(write_shard, opts=enc, out_dir=str(out),
+                                                                       before_sample=opts.before_sample), plan,
                                               lambda res: bar.update(res.count))
         except PackError:
             (out / STATE_NAME).unlink(missing_ok=True)  # the scan no longer describes the source

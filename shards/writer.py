@@ -12,9 +12,9 @@ import io
 import json
 import os
 import tarfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 from shards.images import BadImage, EncodeOptions, encode
 from shards.manifest import CLS_EXT, JSON_EXT, fsync_dir, shard_name
@@ -24,7 +24,6 @@ _MTIME = 0
 _FORMAT = tarfile.PAX_FORMAT
 _ENCODING = "utf-8"
 _BLOCK, _RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
-STALL_ENV = "IMGTRAIN_SHARDS_TEST_STALL"  # test hook: "train-000003.tar" stalls half-written
 
 
 class PackError(Exception):
@@ -123,24 +122,26 @@ def plan_shards(split: str, samples: list[PlannedSample], shard_size: int, max_b
     return shards
 
 
-def write_shard(spec: ShardSpec, opts: EncodeOptions, out_dir: str) -> ShardResult:
+def write_shard(spec: ShardSpec, opts: EncodeOptions, out_dir: str,
+                before_sample: Optional[Callable[[ShardSpec, int], None]] = None) -> ShardResult:
     """Keep an existing complete shard that matches the plan, else write it atomically:
-    temporary name, fsync, rename. A final name therefore only ever holds a whole shard."""
+    temporary name, fsync, rename. A final name therefore only ever holds a whole shard.
+    `before_sample(spec, i)` runs before sample i goes into the temporary file (the tests' seam: stall
+    half-way through a shard, tests/hooked_pack.py)."""
     final = Path(out_dir) / spec.file
     if final.exists():
         digest = _matching_digest(final, spec)
         if digest:
             return ShardResult(spec.file, spec.split, len(spec.samples), final.stat().st_size, digest, True)
     tmp = final.with_name(f".{spec.file}.tmp-{os.getpid()}")
-    stall_at = len(spec.samples) // 2 if os.environ.get(STALL_ENV) == spec.file else -1
     try:
         with open(tmp, "wb") as f:
             sink = _HashingFile(f)
             with tarfile.open(fileobj=sink, mode="w", format=_FORMAT, encoding=_ENCODING) as tar:
                 for i, sample in enumerate(spec.samples):
-                    if i == stall_at:
-                        f.flush()
-                        time.sleep(3600)  # the test kills us here
+                    if before_sample is not None:
+                        f.flush()  # what is written so far is visible in the temporary file
+                        before_sample(spec, i)
                     image = _image_bytes(sample, opts)
                     for name, payload, size in sample.members():
                         tar.addfile(_tarinfo(name, size), io.BytesIO(image if payload is None else payload))

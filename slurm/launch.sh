@@ -30,12 +30,14 @@
 #                       (SLURM_GPUS_ON_NODE, else CUDA_VISIBLE_DEVICES), else 1 (CPU partitions)
 #   IMGTRAIN_SIF        an Apptainer image (apptainer build imgtrain.sif Singularity.def): every
 #                       Python step runs in `apptainer exec --nv --bind <repo>,<run root>,<data>,
-#                       <weights>` with the image's python and the repository's code; srun,
+#                       <weights> --env PYTHONPATH=<repo>` with the image's python and the repository's code; srun,
 #                       scontrol and this script stay outside the container
 #   IMGTRAIN_PYTHON     the Python to use (default <repo>/.venv/bin/python, else python3)
 #   IMGTRAIN_DRY_RUN=1  same as --dry-run
 #   IMGTRAIN_TRAIN_ENTRY  the training script, relative to the repository (default jobs/train.py; the
 #                       tests run tests/hooked_train.py, which adds their stop and pause seams)
+#   IMGTRAIN_PACK_ENTRY the packing script, relative to the repository (default: python -m shards; the
+#                       tests run tests/hooked_pack.py, which adds their stall seam)
 #   IMGTRAIN_RESEND_S   while the workers stop, the stop signal is sent again every this many
 #                       seconds (default 10). A backstop: jobs/train.py keeps a signal from its
 #                       first milliseconds on, but one that comes while the interpreter itself
@@ -211,7 +213,8 @@ python_bin() {
 # PY: the command that starts Python (host, or inside the container with BINDS)
 set_python() {
   if [ -n "${IMGTRAIN_SIF:-}" ]; then
-    PY=(apptainer exec --nv --bind "${BINDS}" --pwd "$REPO" "${IMGTRAIN_SIF}" python)
+    # PYTHONPATH: the repository's imgtrain, not the copy installed in the image
+    PY=(apptainer exec --nv --bind "${BINDS}" --pwd "$REPO" --env "PYTHONPATH=$REPO" "${IMGTRAIN_SIF}" python)
   else
     PY=("$(python_bin)")
   fi
@@ -475,7 +478,7 @@ main_train() {
   if [ -n "${IMGTRAIN_SIF:-}" ] && [ "${DRY_RUN}" != 1 ]; then
     command -v apptainer >/dev/null 2>&1 || die 2 "IMGTRAIN_SIF is set but apptainer is not on PATH on $(hostname)"
     [ -f "${IMGTRAIN_SIF}" ] || die 2 "IMGTRAIN_SIF=${IMGTRAIN_SIF}: no such image"
-    out=$(apptainer exec --bind "$REPO" --pwd "$REPO" "${IMGTRAIN_SIF}" python -m imgtrain.launch paths --config "${CONFIG}" "${OVERRIDES[@]}") \
+    out=$(apptainer exec --bind "$REPO" --pwd "$REPO" --env "PYTHONPATH=$REPO" "${IMGTRAIN_SIF}" python -m imgtrain.launch paths --config "${CONFIG}" "${OVERRIDES[@]}") \
       || die 2 "config error (above); not starting, not requeueing"
     read_kv "${out}"
     mkdir -p "${KV_output_root}" || die 2 "cannot create the run root ${KV_output_root}"
@@ -598,6 +601,7 @@ main_pack() {
   fi
   set_python
   local -a cmd=("${PY[@]}" -m shards pack "${args[@]}")
+  [ -z "${IMGTRAIN_PACK_ENTRY:-}" ] || cmd=("${PY[@]}" "$REPO/${IMGTRAIN_PACK_ENTRY}" pack "${args[@]}")
   if [ "${DRY_RUN}" = 1 ]; then
     echo "imgtrain pack, dry run: nothing is started"
     echo "  $(quoted "${cmd[@]}")"
@@ -606,8 +610,6 @@ main_pack() {
   [ -n "${SLURM_JOB_ID:-}" ] || die 2 "not inside a SLURM job: submit with sbatch (or run the command above yourself)"
   trap 'on_signal USR1' USR1
   trap 'on_signal TERM' TERM
-  # test hook (shards/writer.py stalls half-way through the shard it names): the first attempt only
-  [ "${SLURM_RESTART_COUNT:-0}" = 0 ] || unset IMGTRAIN_SHARDS_TEST_STALL
   CHILD_SIGNAL=TERM # the packer stops on TERM; its own process group takes its workers along
   STOPPING="stopping the packer (finished shards are kept; a partial one is written again)"
   log "job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}): $(quoted "${cmd[@]}")"

@@ -18,7 +18,7 @@ from sourcedata import add_bad_files, image_bytes, photos, read_split, write_ava
 
 from shards.cli import main
 from shards.manifest import load_manifest
-from shards.writer import STALL_ENV
+from tests.hooked_pack import STALL_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -227,7 +227,8 @@ def test_kill_9_mid_pack_then_resume_gives_identical_shards(cifar, tmp_path, cap
     reference = pack(capsys, "cifar10", cifar, tmp_path / "ref", "--shard-size", "4")
     out = tmp_path / "out"
     args = ["pack", "cifar10", cifar, out, "--shard-size", "4", "--workers", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "shards", *map(str, args)], cwd=REPO, start_new_session=True,
+    proc = subprocess.Popen([sys.executable, REPO / "tests/hooked_pack.py", *map(str, args)], cwd=REPO,
+                            start_new_session=True,
                             env={**os.environ, STALL_ENV: "train-000003.tar"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -25,7 +25,7 @@ from conftest import PY, ROOT, run_cmd, train_cmd
 from imgtrain import config as C
 from imgtrain import runs
 from imgtrain.logs import read_metrics
-from shards.writer import STALL_ENV
+from tests.hooked_pack import STALL_ENV
 from sourcedata import write_ava
 from tests.cluster.fixtures import base_client_env
 
@@ -206,7 +206,7 @@ def test_dry_run_prints_what_would_run(ava_shards, tmp_path):
     binds = f"{ROOT},{tmp_path},{ava_shards},{pretrained}"
     assert f"  container    {sif}: apptainer exec --nv --bind {binds}" in proc.stdout
     assert (f"--cpus-per-task=32 bash {ROOT}/slurm/launch.sh --node apptainer exec --nv --bind {binds} --pwd {ROOT} "
-            f"{sif} python -m torch.distributed.run --nnodes=1 --nproc_per_node=2 ") in proc.stdout
+            f"--env PYTHONPATH={ROOT} {sif} python -m torch.distributed.run --nnodes=1 --nproc_per_node=2 ") in proc.stdout
     assert "procs/node   2 (IMGTRAIN_NPROC)" in proc.stdout and "OMP_NUM_THREADS=16" in proc.stdout
 
     # the launcher directly, and a config problem: exit 2 in seconds, naming the key
@@ -366,8 +366,8 @@ def test_real_failure_ends_failed_after_max_attempts(submitted, slurm_cluster, a
 
 
 def test_pack_shards_stopped_by_usr1_requeues_and_resumes_to_identical_shards(submitted, slurm_cluster, tmp_path):
-    """The first attempt stalls half-way through train-000003.tar (shards' test hook; the launcher lets
-    only the first attempt stall); USR1 to the batch shell stops the packer, the job requeues itself and
+    """The first attempt stalls half-way through train-000003.tar (tests/hooked_pack.py, through the
+    launcher's IMGTRAIN_PACK_ENTRY; only the first attempt stalls); USR1 to the batch shell stops the packer, the job requeues itself and
     the next attempt keeps the finished shards and writes the rest: the same bytes as one plain pack."""
     src = write_ava(tmp_path / "src", n=16).root
     run_cmd([PY, "-m", "shards", "pack", "ava", src, tmp_path / "reference", "--shard-size", "2", "--workers", "2"])
@@ -375,7 +375,7 @@ def test_pack_shards_stopped_by_usr1_requeues_and_resumes_to_identical_shards(su
     proc = slurm_cluster.run(["sbatch", "--parsable", f"--partition={slurm_cluster.partition}", "--mem=1G",
                               "--cpus-per-task=2", f"--output={tmp_path}/%x-%j.out", f"--error={tmp_path}/%x-%j.err",
                               ROOT / "slurm/pack_shards.sbatch", "ava", src, out, "--shard-size", "2"],
-                             cwd=ROOT, env={STALL_ENV: "train-000003.tar"})
+                             cwd=ROOT, env={STALL_ENV: "train-000003.tar", "IMGTRAIN_PACK_ENTRY": "tests/hooked_pack.py"})
     job = int(proc.stdout.strip())
     log = tmp_path / f"pack_shards-{job}.out"
     deadline = time.monotonic() + 90

@@ -84,6 +84,14 @@ def preflight(cfg: C.Config) -> list[str]:
     return problems
 
 
+def console_main() -> int:
+    """The `imgtrain-train` console script: `main()` with the early signal recorder of jobs/train.py. Launchers
+    run jobs/train.py, whose recorder is in place before this module's imports (about a second) run."""
+    from imgtrain.engine.signals import catch_early
+    catch_early()
+    return main()
+
+
 def main(argv=None, hooks=None) -> int:
     """`python jobs/train.py --config FILE [key=value ...] [--dry-run]`. `hooks` (hooks.Hooks): the tests' seams
     (tests/hooked_train.py)."""

@@ -41,8 +41,11 @@ def _record_early(signum, frame) -> None:
 
 
 def catch_early() -> None:
-    """Record USR1/TERM from now on, until a StopRequest takes over (call it before heavy imports)."""
+    """Record USR1/TERM from now on, until a StopRequest takes over (call it before heavy imports).
+    Calling it again changes nothing (the handler it replaced stays the one a StopRequest restores)."""
     for s in STOP_SIGNALS:
+        if signal.getsignal(s) is _record_early:
+            continue
         _before_early[s] = signal.signal(s, _record_early)
 
 
