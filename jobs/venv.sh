@@ -42,12 +42,12 @@ if [ -n "$contrib" ] && "$venv/bin/python" -m pip show -q opencv-python-headless
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$contrib" 2>&1 \
     | grep -v "is ignored" || true
 fi
-# imgtrain and shards: an editable install of this repository (no copy; console scripts on PATH). No build
-# isolation: setuptools comes from the venv (Python 3.11's venv has it), nothing is downloaded.
+# imgtrain and shards: an editable install of this repository (no copy; console scripts on PATH). Its build
+# backend (setuptools, pyproject.toml's [build-system]) comes from the same package sources as the requirements.
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 rm -f "$site/imgtrain-root.pth" # what venvs made before the editable install used
 set +e
-"$venv/bin/python" -m pip install --disable-pip-version-check --no-deps --no-build-isolation --no-index -q -e "$root" 2>&1 \
+"$venv/bin/python" -m pip install --disable-pip-version-check --no-deps -q -e "$root" 2>&1 \
   | grep -v "is ignored"
 status=${PIPESTATUS[0]}
 set -e

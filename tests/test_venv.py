@@ -25,7 +25,8 @@ def test_stamp_reuses_and_reinstalls(tmp_path):
     site = subprocess.run([venv / "bin/python", "-c", "import six, imgtrain, sys; print(six.__version__, imgtrain.__file__)"],
                           capture_output=True, text=True)
     assert site.stdout.split()[0] == "1.16.0"
-    assert site.stdout.split()[1].startswith(str(ROOT))  # the repository root is importable from the venv
+    assert site.stdout.split()[1].startswith(str(ROOT))  # an editable install: the repository's code
+    assert (venv / "bin/imgtrain-train").exists() and (venv / "bin/imgtrain-sweep").exists()  # [project.scripts]
 
     again = run_venv(venv, req)
     assert again.returncode == 0 and "up to date" in again.stdout and "installing" not in again.stdout
