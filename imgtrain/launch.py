@@ -6,13 +6,20 @@ what the batch script does after the training step ends (DESIGN §5).
                                      [--skip-preflight]
     python -m imgtrain.launch decide --run-dir DIR --job-id ID --attempts-before N --exit RC
                                      [--stop none|requeue|slurm|cancel] [--max-attempts N] [--err-log PATH]
+    python -m imgtrain.launch target        (this job's requeue target: JOB or ARRAYJOB_TASK)
 
 `paths` and `check` print `key=value` lines (the launcher reads them); messages go to stderr.
 `check` exit status: 0 start training, 2 bad config or data/model/weights problem (never requeue),
 10 the run is DONE (nothing to do), 11 the run is FAILED and this job has no attempts left.
 `decide` prints one word: done, requeue (stopped by a signal: the batch script requeues its own job),
 retry (a failed attempt with attempts left: requeue too), failed (FAILED was written: stop), slurm
-(SLURM itself requeues the job: just exit), cancelled (scancel: exit, no requeue).
+(SLURM itself requeues the job: just exit), cancelled (scancel: exit, no requeue); after requeue and
+retry, the job or array task to requeue (`requeue 123_4`).
+
+This module is the one requeue supervisor of both kinds of jobs: the batch script of slurm/*.sbatch
+asks `decide` and runs the `scontrol requeue` it names (scontrol runs outside the container, where the
+batch script is), and a sweep's submitit task (imgtrain/sweep/job.py) calls `decide`, `requeue_target`,
+`job_state` and `requeue` here in-process.
 
 Failed attempts are counted per SLURM job in run.json (a requeue keeps the job id; a new sbatch of the
 same run starts a fresh budget of `trainer.max_attempts`). Attempts stopped by a signal (preemption,
@@ -23,9 +30,11 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from imgtrain import config as C
 from imgtrain import runs
@@ -138,7 +147,7 @@ def cmd_check(args) -> int:
     if args.skip_preflight:
         problems = []
     else:
-        from imgtrain.engine.trainer import preflight  # torch, timm: only now
+        from imgtrain.engine.cli import preflight  # torch, timm: only now
         problems = preflight(cfg)
     if problems:
         msg = "config check failed:\n  " + "\n  ".join(problems)
@@ -158,6 +167,55 @@ def cmd_check(args) -> int:
 
 # ------------------------------------------------------------------------------------------ decide
 
+# ------------------------------------------------------------------------------------------ SLURM job control
+def requeue_target(env: Mapping[str, str] = os.environ) -> Optional[str]:
+    """What `scontrol requeue` takes for this job: `<array job>_<task>` for an array task (only that task),
+    else the job id; None outside SLURM."""
+    if not env.get("SLURM_JOB_ID"):
+        return None
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env["SLURM_JOB_ID"]
+
+
+def job_state(job: str) -> Optional[str]:
+    """JobState of `scontrol show job JOB` (RUNNING, COMPLETING, ...), None when scontrol cannot tell."""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for word in out.stdout.split():
+        if word.startswith("JobState="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def stop_of_signal(state: Optional[str]) -> str:
+    """The stop kind (STOPS) of a job stopped by a signal whose own job is in `state` now: still RUNNING means
+    the signal was a warning (USR1 before the time limit, submitit's USR2) and the job requeues itself;
+    otherwise SLURM is ending it (requeue, preemption, cancel, time limit) and decides."""
+    return "requeue" if state == "RUNNING" else "slurm"
+
+
+def requeue(target: str, why: str) -> bool:
+    """`scontrol requeue TARGET`; says so in the job log (the line the tests and users look for)."""
+    _log(f"requeue {target} (scontrol requeue): {why}")
+    try:
+        proc = subprocess.run(["scontrol", "requeue", target], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        _say(f"scontrol requeue {target} failed: {e}")
+        return False
+    if proc.returncode != 0:
+        _say(f"scontrol requeue {target} failed (was the job submitted with --requeue?): {proc.stderr.strip()}")
+    return proc.returncode == 0
+
+
+def _log(msg: str) -> None:
+    """A line in the job's stdout log, as slurm/launch.sh writes its own."""
+    print(f"[launch {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------ after the step
 def _this_attempt(info: Optional[dict], before: int) -> Optional[dict]:
     attempts = (info or {}).get("attempts", [])
     return attempts[-1] if len(attempts) > before else None
@@ -230,7 +288,8 @@ def cmd_decide(args) -> int:
     verdict = decide(args.run_dir, job_id=args.job_id, attempts_before=args.attempts_before, exit_code=args.exit,
                      stop=args.stop, max_attempts=args.max_attempts, err_log=args.err_log,
                      world_size=args.world_size)
-    print(verdict)
+    target = requeue_target() if verdict in ("requeue", "retry") else None
+    print(f"{verdict} {target}" if target else verdict)
     return 0
 
 
@@ -260,12 +319,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     s.add_argument("--max-attempts", type=int, default=5)
     s.add_argument("--err-log", default=None)
     s.add_argument("--world-size", type=int, default=0)
+    sub.add_parser("target", help="print what `scontrol requeue` takes for this job (an array task: only it)")
     args, extra = p.parse_known_args(argv)  # overrides may also follow the options
-    bad = [a for a in extra if a.startswith("-") or args.cmd == "decide"]
+    bad = [a for a in extra if a.startswith("-") or args.cmd in ("decide", "target")]
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if args.cmd == "target":
+        target = requeue_target()
+        if target is None:
+            print("not inside a SLURM job (no SLURM_JOB_ID)", file=sys.stderr)
+            return 2
+        print(target)
+        return 0
     return {"paths": cmd_paths, "check": cmd_check, "decide": cmd_decide}[args.cmd](args)
 
 

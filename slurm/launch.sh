@@ -336,15 +336,13 @@ wait_child() { # wait for CHILD_PID through trapped signals; sets CHILD_RC
   CHILD_PID=""
 }
 
-requeue_self() { # requeue_self WHY
-  local target=${SLURM_JOB_ID}
-  if [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
-    target=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} # only this task of the array
-  fi
+requeue_self() { # requeue_self TARGET WHY: what `python -m imgtrain.launch decide/target` named (scontrol
+  # runs here, outside the container; the decision and the target are imgtrain/launch.py's)
+  local target=$1
   command -v scontrol >/dev/null 2>&1 \
     || die 1 "scontrol is not on PATH on $(hostname), so job ${target} cannot requeue itself; the checkpoint is" \
              "saved: submit the same command again to resume"
-  log "requeue ${target} (scontrol requeue): $1"
+  log "requeue ${target} (scontrol requeue): $2"
   REQUEUED=1
   if ! scontrol requeue "${target}"; then
     REQUEUED=0
@@ -560,17 +558,18 @@ main_train() {
     CHILD_RC=0 # TERM during the check: the job is going away, start nothing
   fi
 
-  local decision kind
+  local decision kind target
   kind=$(stop_kind)
   decision=$("${PY[@]}" -m imgtrain.launch decide --run-dir "${KV_run_dir}" --job-id "${SLURM_JOB_ID}" \
     --attempts-before "${KV_attempts}" --exit "${CHILD_RC}" --stop "${kind}" \
     --max-attempts "${KV_max_attempts}" --err-log "${err_log}" --world-size $((NNODES * NPROC)))
   rc=$?
   [ "${rc}" = 0 ] || die 1 "deciding what to do after the step failed (exit ${rc}, above)"
+  read -r decision target <<<"${decision}"
   case ${decision} in
     done) log "run ${KV_run_id} is DONE"; exit 0 ;;
-    requeue) requeue_self "the next attempt resumes from last.pt" ;;
-    retry) requeue_self "after a failed attempt (trainer.max_attempts=${KV_max_attempts} failed attempts per job)" ;;
+    requeue) requeue_self "${target}" "the next attempt resumes from last.pt" ;;
+    retry) requeue_self "${target}" "after a failed attempt (trainer.max_attempts=${KV_max_attempts} failed attempts per job)" ;;
     failed)
       err "run ${KV_run_id} FAILED (trainer.max_attempts=${KV_max_attempts}): see ${KV_run_dir}/FAILED"
       exit 1 ;;
@@ -617,7 +616,7 @@ main_pack() {
   CHILD_PID=$!
   wait_child
   case $(stop_kind) in
-    requeue) requeue_self "packing resumes where it stopped" ;;
+    requeue) requeue_self "$("${PY[@]}" -m imgtrain.launch target)" "packing resumes where it stopped" ;;
     slurm) log "SLURM requeues this job itself; packing resumes"; exit 0 ;;
     cancel) log "cancelled; the same command resumes the packing"; exit 0 ;;
     *) log "pack exited ${CHILD_RC}"; exit "${CHILD_RC}" ;;

@@ -116,6 +116,34 @@ def test_killed_step_without_signal_is_a_failure(tmp_path):
     assert last["status"] == "FAILED" and last["exit"] == 137
 
 
+def test_requeue_target_and_signal_stops():
+    """One owner of what `scontrol requeue` takes (the batch script and the sweeps' submitit tasks ask it)."""
+    assert launch.requeue_target({}) is None
+    assert launch.requeue_target({"SLURM_JOB_ID": "41"}) == "41"
+    assert launch.requeue_target({"SLURM_JOB_ID": "45", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "3"}) == "40_3"
+    # a stop signal while the job still runs is a warning: it requeues itself; otherwise SLURM decides
+    assert launch.stop_of_signal("RUNNING") == "requeue"
+    assert [launch.stop_of_signal(s) for s in ("COMPLETING", "CANCELLED", None)] == ["slurm"] * 3
+
+
+def test_decide_cli_names_the_requeue_target(tmp_path, capsys):
+    rdir = tmp_path / "run"
+    rdir.mkdir()
+    attempt(rdir, 7, "STOPPED", 75)
+    env = {"SLURM_JOB_ID": "9", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "1"}
+    args = ["decide", "--run-dir", str(rdir), "--job-id", "7", "--attempts-before", "0", "--exit", "75",
+            "--stop", "requeue"]
+    with mock.patch.dict(os.environ, env):
+        assert launch.main(args) == 0
+        assert capsys.readouterr().out == "requeue 7_1\n"
+        assert launch.main(["target"]) == 0
+        assert capsys.readouterr().out == "7_1\n"
+        assert launch.main([*args[:-1], "cancel"]) == 0
+        assert capsys.readouterr().out == "cancelled\n"
+    with mock.patch.dict(os.environ, {}, clear=True):
+        assert launch.main(["target"]) == 2
+
+
 def test_check_cli(digits_shards, tmp_path, capsys):
     args = ["check", "--config", str(ROOT / "tests/configs/tiny_digits.yaml"), f"data.path={digits_shards}",
             f"output.root={tmp_path}", "output.run=chk", "--job-id", "7"]
@@ -190,7 +218,7 @@ def first_comment_command(path):
 def test_recipe_config_dry_run(name, digits_shards, tmp_path, capsys):
     """Each config starts with the command that launches it and passes --dry-run (the CLI's own
     code path) with a data set of its task and a weights file."""
-    from imgtrain.engine.trainer import main
+    from imgtrain.engine.cli import main
     path = ROOT / "jobs/configs" / f"{name}.yaml"
     assert path.read_text().startswith("#") and f"sbatch slurm/{name}.sbatch" in first_comment_command(path)
     assert (ROOT / "slurm" / f"{name}.sbatch").is_file()

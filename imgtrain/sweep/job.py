@@ -23,39 +23,19 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from imgtrain import runs
+from imgtrain import launch, runs
+from imgtrain.logs.runinfo import read_run
 from imgtrain.runs import REQUEUE_EXIT_CODE
 
 
 def _say(msg: str) -> None:
     print(f"[imgtrain.sweep] {msg}", flush=True)
-
-
-def slurm_task_id(env=os.environ) -> Optional[str]:
-    """`<array job>_<task>` of this array element, or the plain job id; None outside SLURM."""
-    if "SLURM_JOB_ID" not in env:
-        return None
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env["SLURM_JOB_ID"]
-
-
-def slurm_job_state(job: str) -> Optional[str]:
-    try:
-        out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    for word in out.stdout.split():
-        if word.startswith("JobState="):
-            return word.split("=", 1)[1]
-    return None
 
 
 def epochs_done(run_dir: Path) -> int:
@@ -113,13 +93,14 @@ class CellJob(Checkpointable):
             raise
         from imgtrain.engine.trainer import train
         run_dir = runs.run_dir(cfg)
+        attempts_before = len((read_run(run_dir) or {}).get("attempts", []))
         if stop["signal"]:
             _say(f"{stop['signal']} before training started")
-            return self._stopped(run_dir, cfg)
+            return self._stopped(run_dir, cfg, attempts_before)
         result = train(cfg)
         if result.status == runs.DONE:
             return {"status": runs.DONE, "run_dir": str(result.run_dir)}
-        return self._stopped(run_dir, cfg)
+        return self._stopped(run_dir, cfg, attempts_before)
 
     def _run_dir(self) -> Optional[Path]:
         """The run dir from the overrides alone (the sweep sets output.run), so a config that no longer
@@ -130,29 +111,27 @@ class CellJob(Checkpointable):
         from imgtrain.logs.runinfo import resolve_root
         return runs.run_path(resolve_root(vals.get("output.root")), vals["output.run"])
 
-    def _stopped(self, run_dir: Path, cfg) -> dict:
-        """STOPPED: paused at a halving rung (done for now), or stopped by a signal (requeue or not)."""
+    def _stopped(self, run_dir: Path, cfg, attempts_before: int) -> dict:
+        """STOPPED: paused at a halving rung (done for now), or stopped by a signal: requeue or not is decided
+        as for an sbatch job (imgtrain.launch.decide, from this job's state in SLURM)."""
         rung = getattr(cfg.trainer, "stop_after_epochs", None)
         if rung is not None and epochs_done(run_dir) >= rung:
             _say(f"paused after epoch {rung} (successive halving rung)")
             return {"status": "PAUSED", "run_dir": str(run_dir), "rung": rung}
-        task = slurm_task_id()
+        task = launch.requeue_target()
         if task is None:  # not under SLURM: whoever started us starts us again
             return {"status": runs.STOPPED, "run_dir": str(run_dir)}
-        rank = int(os.environ.get("SLURM_PROCID", "0"))
-        state = slurm_job_state(task)
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-        if rank == 0 and state == "RUNNING":
-            if restarts >= self.max_requeues:
+        if int(os.environ.get("SLURM_PROCID", "0")) == 0:
+            state = launch.job_state(task)
+            restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+            verdict = launch.decide(run_dir, job_id=os.environ.get("SLURM_JOB_ID"), attempts_before=attempts_before,
+                                    exit_code=REQUEUE_EXIT_CODE, stop=launch.stop_of_signal(state))
+            if verdict != "requeue":
+                _say(f"stopped after writing last.pt; SLURM is ending {task} (state {state}): it requeues it or not")
+            elif restarts >= self.max_requeues:
                 _say(f"stopped; not requeueing {task}: it restarted {restarts} times (max_requeues)")
-            else:
-                proc = subprocess.run(["scontrol", "requeue", task], capture_output=True, text=True, timeout=60)
-                if proc.returncode == 0:
-                    _say(f"stopped after writing last.pt; requeued {task} (restart {restarts + 1})")
-                else:
-                    _say(f"stopped; scontrol requeue {task} failed: {proc.stderr.strip()}")
-        elif rank == 0:
-            _say(f"stopped after writing last.pt; SLURM is ending {task} (state {state}): it requeues it or not")
+            elif launch.requeue(task, f"stopped after writing last.pt (restart {restarts + 1})"):
+                _say(f"stopped after writing last.pt; requeued {task} (restart {restarts + 1})")
         # leave without a result: submitit must not see this attempt as the job's outcome
         sys.stdout.flush()
         sys.stderr.flush()
