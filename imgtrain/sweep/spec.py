@@ -24,143 +24,35 @@ trainer.seed always included): the run id is `<name>-<id>`, so adding grid value
 touching the others, and the order of keys in the file does not matter. Shared settings (the base
 config, `overrides`, command-line overrides) are not part of the id: change the sweep name when you
 change them (status shows such cells as `changed`: the run dir holds another config hash).
+
+This module reads and validates sweep files (load_spec, build); the Sweep, Cell and Halving types are in
+cells.py, value text and cell ids in values.py, SLURM resources in resources.py, and the expansion into
+cells in expand.py. Their public names are importable from here as before.
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import hashlib
 import itertools
-import json
-import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
 
 from imgtrain import config as C
-from imgtrain import runs
+from imgtrain.sweep.cells import HALVING_CONTROLLED, Cell, Halving, SpecError, Sweep, _suggest
+from imgtrain.sweep.expand import _expand, from_record
+from imgtrain.sweep.resources import RESOURCE_DEFAULTS, RESOURCE_KEYS, _check_resources
+from imgtrain.sweep.values import cell_hash, format_value, override_text
+
+# what callers import from here, wherever it is defined
+__all__ = ["REPO", "SPEC_KEYS", "Cell", "Halving", "SpecError", "Sweep", "build", "cell_hash", "format_value",
+           "from_record", "load_spec", "override_text", "RESOURCE_DEFAULTS", "RESOURCE_KEYS"]
 
 REPO = Path(__file__).resolve().parents[2]
 
 SPEC_KEYS = ("name", "description", "config", "overrides", "grid", "zip", "include", "exclude", "seeds",
              "repeats", "resources", "schedule", "rungs", "keep", "metric", "mode")
-
-# SLURM resources of a cell (submitit names where they exist)
-RESOURCE_KEYS = {
-    "partition": str, "account": str, "qos": str, "constraint": str,
-    "nodes": int, "gpus_per_node": int, "tasks_per_node": int, "cpus_per_task": int,
-    "mem_gb": (int, float), "time": (int, str),  # minutes, or a SLURM time string ("1-00:00:00")
-    "signal_delay_s": int,  # SIGUSR1 this long before the time limit (the trainer saves and stops)
-    "array_parallelism": int,  # tasks of the array running at once
-    "max_requeues": int,  # a task stops requeueing itself after this many restarts
-    "additional": dict,  # raw sbatch options {"exclusive": true, "gres": "gpu:a100:4"}
-    "setup": list,  # shell lines run before the task (module load ..., source venv)
-}
-RESOURCE_DEFAULTS = {"nodes": 1, "time": 60, "signal_delay_s": 120, "max_requeues": 20}
-
-HALVING_CONTROLLED = "trainer.epochs"
-PLACEHOLDER = "???sweep-cell-sets-this"
-
-
-class SpecError(C.ConfigError):
-    """A problem in a sweep file; the message names the file and the key."""
-
-
-# --------------------------------------------------------------------------- value helpers
-
-_FORMATTED: dict[tuple[str, str], str] = {}
-
-
-_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./\-]*")
-_YAML_WORDS = {"y", "n", "yes", "no", "true", "false", "on", "off", "null"}
-
-
-def format_value(value: Any) -> str:
-    """`value` as command-line text that config.parse_value reads back identically (YAML flow)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and _PLAIN.fullmatch(value) and value.lower() not in _YAML_WORDS:
-        return value
-    token = (type(value).__name__, json.dumps(value, sort_keys=True, default=str))
-    text = _FORMATTED.get(token)
-    if text is None:
-        text = _FORMATTED[token] = _format_value(value)
-    return text
-
-
-def _format_value(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30).strip()
-    if text.endswith("\n..."):
-        text = text[:-4].strip()
-    elif text.endswith("..."):
-        text = text[:-3].strip()
-    try:
-        back = C.parse_value(text)
-    except yaml.YAMLError:
-        back = object()
-    if back == value and type(back) is type(value):
-        return text
-    return json.dumps(value)
-
-
-def override_text(key: str, value: Any) -> str:
-    return f"{key}={format_value(value)}"
-
-
-def cell_hash(values: dict[str, Any], length: int = 8) -> str:
-    """Stable id of a cell: sha256 of its values, keys sorted (file order does not matter)."""
-    blob = json.dumps({k: values[k] for k in sorted(values)}, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
-def _get(cfg: C.Config, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = node[part] if isinstance(node, dict) else getattr(node, part)
-    return node
-
-
-def _with(cfg: C.Config, values: dict[str, Any]) -> C.Config:
-    """A copy of `cfg` with typed values set (sections copied, never mutated in place)."""
-    sections: dict[str, dict[str, Any]] = {}
-    top: dict[str, Any] = {}
-    for key, value in values.items():
-        parts = key.split(".")
-        if len(parts) == 1:
-            top[key] = value
-        else:
-            sections.setdefault(parts[0], {})[".".join(parts[1:])] = value
-    for sec, items in sections.items():
-        obj = getattr(cfg, sec)
-        direct, nested = {}, {}
-        for k, v in items.items():
-            name, _, rest = k.partition(".")
-            if rest:  # a key inside a free-form dict (model.kwargs.foo)
-                nested.setdefault(name, {})[rest] = v
-            else:
-                direct[name] = v
-        for name, sub in nested.items():
-            d = dict(direct.get(name, getattr(obj, name)))
-            for k, v in sub.items():
-                _set_path(d, k.split("."), v)
-            direct[name] = d
-        top[sec] = dataclasses.replace(obj, **direct)
-    return dataclasses.replace(cfg, **top)
-
-
-def _set_path(d: dict, parts: list[str], value) -> None:
-    for p in parts[:-1]:
-        d[p] = dict(d.get(p) or {})
-        d = d[p]
-    d[parts[-1]] = value
 
 
 def _resolve_config_path(config: str, spec_path: Optional[Path]) -> Path:
@@ -175,80 +67,6 @@ def _resolve_config_path(config: str, spec_path: Optional[Path]) -> Path:
         if c.is_file():
             return c.resolve()
     return candidates[0]
-
-
-# --------------------------------------------------------------------------- the spec
-
-@dataclass
-class Halving:
-    rungs: list[int]
-    keep: float
-    metric: Optional[str] = None  # default: the cells' trainer.monitor
-    mode: Optional[str] = None  # max | min; default from the metric
-
-    @property
-    def final(self) -> int:
-        return self.rungs[-1]
-
-    def keep_count(self, n: int) -> int:
-        return max(1, math.ceil(n * self.keep - 1e-9)) if n else 0
-
-
-@dataclass
-class Cell:
-    index: int  # position in the sweep (stable for a given file)
-    id: str  # hash of `values`
-    run_id: str
-    values: dict[str, Any]  # the cell's own config values (typed), trainer.seed included
-    resources: dict[str, Any]  # SLURM resources (defaults + sweep + cell)
-    config: C.Config  # the resolved config of the cell (halving: trainer.epochs = final rung)
-    config_hash: str
-    overrides: list[str]  # what jobs/train.py / the job callable gets after --config
-    origin: str = "grid"  # grid | include
-
-    def describe(self, skip_seed: bool = False) -> str:
-        items = [(k, v) for k, v in self.values.items() if not (skip_seed and k == "trainer.seed")]
-        items += [(f"resources.{k}", v) for k, v in self.cell_resources.items()]
-        return " ".join(override_text(k, v) for k, v in items)
-
-    cell_resources: dict[str, Any] = field(default_factory=dict)  # resources set by the cell itself
-
-
-@dataclass
-class Sweep:
-    name: str
-    path: Optional[Path]  # the sweep file
-    config_path: Path
-    root: Path  # output root: runs in root/runs, sweep records in root/sweeps/<name>
-    cells: list[Cell]
-    shared_overrides: list[str]  # spec overrides + command-line overrides (+ output.*, halving epochs)
-    resources: dict[str, Any]
-    halving: Optional[Halving] = None
-    axes: list[str] = field(default_factory=list)  # keys that vary between cells
-    warnings: list[str] = field(default_factory=list)
-    description: Optional[str] = None
-    cli_overrides: list[str] = field(default_factory=list)  # the command line's part of shared_overrides
-
-    @property
-    def dir(self) -> Path:
-        return self.root / "sweeps" / self.name
-
-    def describe(self, cell: Cell) -> str:
-        """The cell's values, without trainer.seed when every cell has the same one."""
-        return cell.describe(skip_seed="trainer.seed" not in self.axes)
-
-    def run_dir(self, cell: Cell) -> Path:
-        return runs.run_path(self.root, cell.run_id)
-
-    def by_id(self) -> dict[str, Cell]:
-        return {c.id: c for c in self.cells}
-
-
-# --------------------------------------------------------------------------- parsing
-
-def _suggest(key: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
 
 
 def _flat_keys(mapping: dict, where: str, prefix: str = "") -> dict[str, Any]:
@@ -286,29 +104,6 @@ def _check_axis_key(key: str, where: str, halving: bool) -> None:
     if halving and key == HALVING_CONTROLLED:
         raise SpecError(f"{key} [{where}]: with schedule: halving, trainer.epochs is the last rung; it cannot "
                         "vary between cells or be overridden")
-
-
-def _check_resources(res: Any, where: str) -> dict[str, Any]:
-    if res is None:
-        return {}
-    if not isinstance(res, dict):
-        raise SpecError(f"{where}: expected a mapping of resource names, got {res!r}")
-    for k, v in res.items():
-        if k not in RESOURCE_KEYS:
-            raise SpecError(f"unknown resource '{k}' [{where}]{_suggest(str(k), list(RESOURCE_KEYS))}")
-        _check_resource_value(k, v, f"{where}.{k}")
-    return dict(res)
-
-
-def _check_resource_value(k: str, v: Any, where: str) -> None:
-    tp = RESOURCE_KEYS[k]
-    if v is None:
-        return
-    if isinstance(v, bool) or not isinstance(v, tp):
-        names = " or ".join(t.__name__ for t in (tp if isinstance(tp, tuple) else (tp,)))
-        raise SpecError(f"{where}: expected {names}, got {v!r} ({type(v).__name__})")
-    if tp is int and v < (0 if k in ("signal_delay_s", "max_requeues") else 1):
-        raise SpecError(f"{where}: must be positive, got {v}")
 
 
 def _axis_lists(mapping: Any, where: str) -> dict[str, list]:
@@ -509,147 +304,3 @@ def build(raw: dict, path: Optional[Path] = None, cli_overrides: Sequence[str] =
                     raw.get("description"))
     sweep.cli_overrides = list(cli_overrides)
     return sweep
-
-
-def _expand(name, path, config_path, raw_cells, shared, halving, res_base, axis_keys, root, description) -> Sweep:
-    where = str(path) if path is not None else "sweep"
-    shared_texts = [override_text(k, v) for k, v, _ in shared]
-    shared_where = {t: w for t, (_, _, w) in zip(shared_texts, shared)}
-    if halving:
-        text = override_text(HALVING_CONTROLLED, halving.final)
-        shared_texts.append(text)
-        shared_where[text] = f"{where}: rungs (the last rung)"
-
-    def load(extra: list[str], w_extra: Optional[str] = None) -> C.Config:
-        """config.load(base, shared + extra); error messages name the sweep file, not the override text."""
-        try:
-            return C.load(config_path, shared_texts + extra)
-        except C.ConfigError as e:
-            msg = str(e)
-            for t, w in shared_where.items():
-                msg = msg.replace(f"[override '{t}']", f"[{w}]")
-            if w_extra:
-                for t in extra:
-                    msg = msg.replace(f"[override '{t}']", f"[{w_extra}]")
-            raise C.ConfigError(msg) from None
-
-    cell_keys = sorted({k for c, _ in raw_cells for k in c if not k.startswith("resources.")})
-    # a required value (data.path: ???) that the cells set: a placeholder in the base, checked per cell
-    placeholders: list[str] = []
-    while True:
-        try:
-            base = load([f"{k}={PLACEHOLDER}" for k in placeholders])
-            break
-        except C.ConfigError as e:
-            m = re.match(r"missing required value '([^']+)'", str(e))
-            if not m or m.group(1) not in cell_keys or m.group(1) in placeholders:
-                raise C.ConfigError(f"base config {config_path} + sweep overrides: {e}") from None
-            placeholders.append(m.group(1))
-
-    # root: --root, else output.root of the (overridden) base, else $IMGTRAIN_ROOT, else .
-    from imgtrain.logs.runinfo import resolve_root
-    root_path = Path(root) if root else resolve_root(base.output.root)
-    root_path = Path(os.path.abspath(os.path.expanduser(root_path)))
-
-    # each distinct (key, value) is type-checked by building configs with it: one config per round,
-    # taking the next distinct value of every key; a failing round is redone key by key to name the culprit
-    distinct: dict[str, dict[str, Any]] = {}
-    first_cell: dict[tuple[str, str], tuple[dict, str]] = {}
-    for raw_cell, origin in raw_cells:
-        for k, v in raw_cell.items():
-            if k.startswith("resources."):
-                continue
-            token = json.dumps(v, sort_keys=True, default=str)
-            distinct.setdefault(k, {}).setdefault(token, v)
-            first_cell.setdefault((k, token), (raw_cell, origin))
-    typed: dict[tuple[str, str], Any] = {}
-    columns = {k: list(vals.items()) for k, vals in distinct.items()}
-    for i in range(max((len(v) for v in columns.values()), default=0)):
-        pairs = [(k, *vals[i]) for k, vals in columns.items() if i < len(vals)]
-        others = [f"{k}={PLACEHOLDER}" for k in placeholders if not any(k == p[0] for p in pairs)]
-        try:
-            cfg = load(others + [override_text(k, v) for k, _, v in pairs])
-            for k, token, _ in pairs:
-                typed[(k, token)] = _get(cfg, k)
-        except C.ConfigError:
-            for k, token, v in pairs:
-                raw_cell, origin = first_cell[(k, token)]
-                desc = " ".join(override_text(a, b) for a, b in raw_cell.items())
-                w = f"{where}: {origin}"
-                # the value within its own first cell: some keys are only valid together (optim.alpha
-                # with an optimizer that has one), so a value is checked alone only as a first step
-                own = [override_text(a, b) for a, b in raw_cell.items() if not a.startswith("resources.")]
-                others = [f"{p}={PLACEHOLDER}" for p in placeholders if p not in raw_cell]
-                try:
-                    cfg = load(others + own, w)
-                except C.ConfigError as e:
-                    raise SpecError(f"cell {desc}: {e}") from None
-                typed[(k, token)] = _get(cfg, k)
-
-    def typed_value(key: str, value: Any, cell_desc: str, w: str) -> Any:
-        return typed[(key, json.dumps(value, sort_keys=True, default=str))]
-
-    base_seed = base.trainer.seed
-    cells: list[Cell] = []
-    seen: dict[str, int] = {}
-    warnings: list[str] = []
-    for raw_cell, origin in raw_cells:
-        desc = " ".join(override_text(k, v) for k, v in raw_cell.items())
-        w = f"{where}: {origin}"
-        values: dict[str, Any] = {}
-        cell_res: dict[str, Any] = {}
-        for k, v in raw_cell.items():
-            if k.startswith("resources."):
-                rk = k.split(".", 1)[1]
-                _check_resource_value(rk, v, f"cell {desc}: {k}")
-                cell_res[rk] = v
-            else:
-                values[k] = typed_value(k, v, desc, w)
-        for k in placeholders:
-            if k not in values:
-                raise SpecError(f"cell {desc}: missing required value '{k}' [{config_path}]; the other cells set "
-                                f"it, this one does not (or set it for all with {k}=...)")
-        values.setdefault("trainer.seed", base_seed)
-        cid = cell_hash(values)
-        if cid in seen:
-            warnings.append(f"cell {desc} repeats cell {cells[seen[cid]].id}; kept once")
-            continue
-        run_id = runs.sweep_run_id(name, cid)
-        cfg = _with(base, {**values, "output.run": run_id, "output.sweep": name, "output.cell": cid,
-                           "output.root": str(root_path)})
-        overrides = shared_texts + [override_text(k, v) for k, v in values.items()] + [
-            override_text("output.root", str(root_path)), override_text("output.run", run_id),
-            override_text("output.sweep", name), override_text("output.cell", cid)]
-        resources = {**res_base, **cell_res}
-        seen[cid] = len(cells)
-        cells.append(Cell(len(cells), cid, run_id, values, resources, cfg, C.config_hash(cfg), overrides, origin,
-                          cell_res))
-    if halving:
-        every = {c.config.trainer.eval_every_epochs for c in cells}
-        for r in halving.rungs:
-            if any(r % e for e in every):
-                raise SpecError(f"rungs [{where}]: rung {r} is not a multiple of trainer.eval_every_epochs "
-                                f"({sorted(every)}): the metric must be measured at every rung")
-    varying = [k for k in dict.fromkeys(axis_keys + [k for c, _ in raw_cells for k in c])
-               if len({json.dumps(c.values.get(k), default=str) for c in cells}) > 1 or k.startswith("resources.")]
-    if "trainer.seed" not in varying and len({c.values["trainer.seed"] for c in cells}) > 1:
-        varying.append("trainer.seed")
-    return Sweep(name, path, config_path, root_path, cells, shared_texts, res_base, halving, varying, warnings,
-                 description)
-
-
-def from_record(info: dict) -> Sweep:
-    """A Sweep rebuilt from <root>/sweeps/<name>/sweep.json (when its sweep file is gone)."""
-    config_path = Path(info["config"])
-    cells = []
-    for i, rec in enumerate(info.get("cells", [])):
-        try:
-            cfg = C.load(config_path, rec["overrides"])
-        except C.ConfigError as e:
-            raise SpecError(f"sweep {info.get('name')}: cell {rec['id']} cannot be rebuilt from its record: {e}")
-        cells.append(Cell(i, rec["id"], rec["run_id"], rec["values"], {**RESOURCE_DEFAULTS, **rec.get("resources", {})},
-                          cfg, rec["config_hash"], rec["overrides"], "record", rec.get("resources", {})))
-    h = info.get("halving")
-    halving = Halving(h["rungs"], h["keep"], h.get("metric"), h.get("mode")) if h else None
-    return Sweep(info["name"], None, config_path, Path(info["root"]), cells, info.get("shared_overrides", []),
-                 dict(RESOURCE_DEFAULTS), halving, info.get("axes", []), [], None, info.get("cli_overrides", []))
