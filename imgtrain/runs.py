@@ -25,7 +25,8 @@ from typing import Any, Iterator, Mapping, Optional
 from imgtrain.config import config_hash
 from imgtrain.logs.atomic import atomic_write_text, fsync_dir, is_temp_name
 from shards.dirlock import Locked, acquire as acquire_lock  # noqa: F401 (callers catch runs.Locked)
-from imgtrain.logs.parquet import compact_metrics, write_summary
+from imgtrain.logs.compaction import compact_metrics
+from imgtrain.logs.summary import write_summary
 from imgtrain.logs.runinfo import RUN_JSON, end_attempt, now_iso, read_run, resolve_root, start_attempt
 
 # EX_TEMPFAIL: stopped cleanly on a signal after writing last.pt. The batch script (slurm/launch.sh via

@@ -42,7 +42,7 @@ def sweep_root(digits_shards, tmp_path_factory) -> Path:
                                         f"output.run=s1-{cell}", "output.sweep=s1", f"output.cell={cell}",
                                         "trainer.epochs=2", "data.batch_size=64", *overrides)[2:]]
              for cell, overrides in CELLS.items()]
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); from imgtrain.engine.trainer import main; "
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from imgtrain.engine.cli import main; "
               "import json; sys.exit(max(main(a) for a in json.loads(sys.argv[2])))")
     run_cmd([PY, "-c", script, ROOT, json.dumps(argvs)])
     return root
@@ -341,7 +341,7 @@ def test_config_yaml_flattens_as_a_summary_does(tmp_path):
 
     from imgtrain import config as C
     from imgtrain.analysis.load import _read_config
-    from imgtrain.logs.parquet import summary_row
+    from imgtrain.logs.summary import summary_row
     data = C.to_dict(C.load(CONFIG, ["data.path=/d", "model.kwargs={a: {b: 1}}", "dist.deepspeed={zero: {x: 2}}"]))
     data["future"] = {"section": {"key": [1, 2]}}  # a config from another version
     path = tmp_path / "config.yaml"

@@ -379,7 +379,7 @@ def test_compaction_leaves_an_unreadable_part_in_place(tmp_path):
 
 
 def test_compaction_at_the_end_of_a_run_never_raises(tmp_path, monkeypatch):
-    from imgtrain.logs import parquet as P
+    from imgtrain.logs import compaction as P
     rdir = run_dir(tmp_path, "r1")
     _resumed_run(rdir)
     names, before = part_names(rdir), read_metrics(rdir)
@@ -427,7 +427,7 @@ def test_a_running_writer_merges_its_parts_every_roll_parts(tmp_path):
 
 
 def test_a_failed_roll_warns_and_keeps_the_parts(tmp_path, monkeypatch):
-    from imgtrain.logs import parquet as P
+    from imgtrain.logs import metric_writer as P
 
     def full(*a):
         raise OSError(28, "No space left on device")
@@ -444,7 +444,7 @@ def test_a_failed_roll_warns_and_keeps_the_parts(tmp_path, monkeypatch):
 
 
 def test_reader_lists_again_a_run_compacted_while_it_reads(tmp_path, monkeypatch):
-    from imgtrain.logs import parquet as P
+    from imgtrain.logs import metric_reader as P
     rdir = run_dir(tmp_path, "r1")
     _resumed_run(rdir)
     before = read_metrics(rdir)

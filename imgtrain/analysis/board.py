@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imgtrain.analysis.load import AnalysisWarning, RunInfo, RunSet
-from imgtrain.logs.parquet import run_offsets as _run_offsets
+from imgtrain.logs.metric_reader import run_offsets as _run_offsets
 from imgtrain.runs import metric_mode
 from imgtrain.runs import monitor as _monitor
 

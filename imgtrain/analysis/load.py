@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 
 from imgtrain.logs import SCHEMA, UnreadablePartWarning, atomic_write_bytes, iter_run_dirs, read_metrics
 from imgtrain.logs.atomic import is_temp_name
-from imgtrain.logs.parquet import _plain, read_summary_row
-from imgtrain.logs.parquet import run_offsets as _run_offsets
+from imgtrain.logs.metric_reader import run_offsets as _run_offsets
+from imgtrain.logs.summary import _plain, read_summary_row
 from imgtrain.logs.runinfo import is_run_dir
 from imgtrain.runs import FAILED, PRUNED
 from imgtrain.runs import run_status as _run_status

@@ -1,18 +1,13 @@
-"""Run directories, Parquet metric logs and progress output (DESIGN §2, §3)."""
+"""Run directories, Parquet metric logs and progress output (DESIGN §2, §3).
+
+The metric log is metric_schema.py (its schema and files), metric_writer.py (parts), compaction.py,
+metric_reader.py (read_metrics, deduplicating) and summary.py (summary.parquet).
+"""
 from imgtrain.logs.atomic import atomic_write_bytes, atomic_write_text, fsync_dir
-from imgtrain.logs.parquet import (
-    SCHEMA,
-    SUMMARY_TYPES,
-    MetricWriter,
-    UnreadablePartWarning,
-    compact_metrics,
-    metric_files,
-    read_metrics,
-    read_summaries,
-    read_summary_row,
-    unify_tables,
-    write_summary,
-)
+from imgtrain.logs.compaction import compact_metrics
+from imgtrain.logs.metric_reader import read_metrics
+from imgtrain.logs.metric_schema import SCHEMA, UnreadablePartWarning, metric_files
+from imgtrain.logs.metric_writer import MetricWriter
 from imgtrain.logs.progress import Progress
 from imgtrain.logs.runinfo import (
     end_attempt,
@@ -24,6 +19,7 @@ from imgtrain.logs.runinfo import (
     slurm_info,
     start_attempt,
 )
+from imgtrain.logs.summary import SUMMARY_TYPES, read_summaries, read_summary_row, unify_tables, write_summary
 
 # The run's status, markers and directory belong to imgtrain.runs (which builds on this package, so it
 # cannot be imported here at start-up); these names stay importable from imgtrain.logs for older code.
