@@ -26,6 +26,7 @@ from conftest import PY, ROOT, pack_in_process, run_cmd
 from sourcedata import image_bytes, photos, write_cifar10
 from imgtrain import config as C
 from imgtrain.engine import trainer
+from imgtrain.engine.cli import main as train_main
 from imgtrain.logs import read_metrics, read_summaries
 from imgtrain.sweep.spec import load_spec
 
@@ -88,7 +89,7 @@ def load_file(path: Path) -> dict:
 
 
 def train(config: Path, *overrides: str, code: int = 0) -> None:
-    assert trainer.main(["--config", str(config), *overrides]) == code
+    assert train_main(["--config", str(config), *overrides]) == code
 
 
 def train_cell(grid: Path, data_path: Path, root: Path, pick, *tiny: str, cli=()):

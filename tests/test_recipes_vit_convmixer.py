@@ -23,6 +23,7 @@ from conftest import ROOT, pack_in_process
 from imgtrain import config as C
 from imgtrain import models
 from imgtrain.engine import trainer as T
+from imgtrain.engine.cli import main as train_main
 from imgtrain.logs import read_metrics, read_summaries
 from sourcedata import write_ava, write_cifar10, write_cifar100, write_imagefolder, write_tinyimagenet
 
@@ -115,7 +116,7 @@ def smoke(recipe, size, data_dir, root, *extra, weights=None):
     overrides = [f"data.path={data_dir}", f"output.root={root}", *COMMON, *TINY[size], *extra]
     if weights is not None:
         overrides.append(f"model.pretrained_path={weights}")
-    assert T.main(["--config", str(CONFIGS / f"{recipe}.yaml"), *overrides]) == 0
+    assert train_main(["--config", str(CONFIGS / f"{recipe}.yaml"), *overrides]) == 0
     (rdir,) = (root / "runs").iterdir()
     assert rdir.name.startswith(f"{recipe}-") and (rdir / "DONE").exists()
     assert (rdir / "checkpoints" / "best.pt").exists()

@@ -19,6 +19,7 @@ import torch
 from conftest import ROOT, pack_in_process
 from imgtrain import config as C
 from imgtrain.engine import trainer as T
+from imgtrain.engine.cli import main as train_main
 from imgtrain.logs import read_metrics
 from imgtrain.sweep.spec import load_spec
 from sourcedata import (image_bytes, photos, write_ava, write_cifar10, write_cifar100, write_imagefolder,
@@ -150,7 +151,7 @@ def test_study_recipe_trains(recipe, data, tmp_path_factory, tmp_path):
     overrides = [f"data.path={data(kind)}", f"output.root={tmp_path}", f"output.run={recipe}", *FAST, *tiny]
     if w is not None:
         overrides.append(f"model.pretrained_path={weights(tmp_path_factory.getbasetemp(), *w)}")
-    assert T.main(["--config", str(CONFIGS / f"{recipe}.yaml"), *overrides]) == 0
+    assert train_main(["--config", str(CONFIGS / f"{recipe}.yaml"), *overrides]) == 0
     rdir = tmp_path / "runs" / recipe
     assert (rdir / "DONE").is_file()
     rows = read_metrics(rdir).to_pylist()

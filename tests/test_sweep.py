@@ -184,7 +184,7 @@ def test_preflight_failure_submits_nothing(tmp_path, capsys):
 def test_preflight_catches_what_the_trainer_would_and_agrees_with_it(digits_shards, tmp_path):
     """Each kind of start-up failure, found by the sweep's engine-free preflight with the trainer's own
     words; the trainer's preflight (torch, timm) flags the same configs and passes the same good ones."""
-    from imgtrain.engine.trainer import preflight as trainer_preflight
+    from imgtrain.engine.cli import preflight as trainer_preflight
     from imgtrain.sweep.preflight import check_config
     bad_json = tmp_path / "bad-json"
     bad_json.mkdir()
