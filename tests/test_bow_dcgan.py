@@ -154,7 +154,7 @@ def test_bow_orb_path_runs(digits64, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bow_parallel_extraction_keeps_manifest_order(digits64, monkeypatch):
-    monkeypatch.setattr(bow, "CHUNK", 20)  # 3 tasks for 2 spawned workers
+    monkeypatch.setattr(bow.features, "CHUNK", 20)  # 3 tasks for 2 spawned workers
     spec = bow.DetectorSpec("sift")
     one = bow.extract_split(digits64, "val", spec, max_images=60)
     two = bow.extract_split(digits64, "val", spec, max_images=60, workers=2)
@@ -192,7 +192,7 @@ def test_bow_kaze_path_runs(digits64, tmp_path, capsys):
 
 
 def test_bow_kaze_unavailable_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(bow, "_kaze_factory", lambda: None)  # an OpenCV build without contrib
+    monkeypatch.setattr(bow.features, "_kaze_factory", lambda: None)  # an OpenCV build without contrib
     code = bow.main(["--data", str(tmp_path), "--detector", "sift", "kaze", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
