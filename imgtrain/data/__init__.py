@@ -1,18 +1,28 @@
-"""Data pipeline: shard data set (DESIGN §1) -> per-rank batches in a resumable order."""
+"""Data pipeline: shard data set (DESIGN §1) -> per-rank batches in a resumable order.
+
+Importing this package imports no torch: `DatasetInfo`, `dataset_info`, `data_root` and `cache_root` read
+files only (shards.manifest, shards.remote), and the other names below are imported from their modules on
+first use (`__getattr__`): loader.py, transforms.py, device_decode.py and memory.py import torch (and
+timm, torchvision); order.py, tarindex.py and decode.py do not.
+"""
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from shards.manifest import load_manifest
 from shards.remote import is_remote, stage
 
-from imgtrain.config import Config
-from imgtrain.data.device_decode import images_on_device, require_jpeg_decoder
-from imgtrain.data.loader import EvalBatches, ShardSplit, make_loader, train_batches
-from imgtrain.data.order import TrainPlan, epoch_order, eval_positions
-from imgtrain.data.transforms import Normalizer, build_mixup, build_transform, decode_size, resolve_norm
+if TYPE_CHECKING:
+    from imgtrain.config import Config
+
+    from .device_decode import images_on_device
+    from .loader import EvalBatches, ShardSplit, make_loader, train_batches
+    from .order import TrainPlan, epoch_order, eval_positions
+    from .transforms import Normalizer, build_mixup, resolve_norm
 
 
 @dataclass
@@ -25,11 +35,17 @@ class DatasetInfo:
     class_counts: Optional[list[int]]  # train split, for balanced class weights
 
 
+def cache_root() -> Path:
+    """Node-local scratch for this node's copies (memory caches, staged remote data sets): the one place
+    that knows where it is."""
+    base = os.environ.get("SLURM_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return Path(base) / "imgtrain-cache"
+
+
 def data_root(cfg: Config, log=print) -> Path:
     """The data set's folder: data.path, or for a URL (https://..., pipe:...) its copy in node-local scratch,
     made or completed now (shards/remote.py)."""
     if is_remote(cfg.data.path):
-        from imgtrain.data.memory import cache_root  # the one place that knows where node-local scratch is
         return stage(cfg.data.path, cache_root() / "shards", log=lambda m: log(f"[imgtrain] {m}"))
     return Path(cfg.data.path)
 
@@ -49,6 +65,10 @@ def dataset_info(cfg: Config) -> DatasetInfo:
 
 
 def build_split(cfg: Config, info: DatasetInfo, split: str, task, *, train: bool, mean, std) -> ShardSplit:
+    from .device_decode import require_jpeg_decoder
+    from .loader import ShardSplit
+    from .transforms import build_transform, decode_size
+
     defer_jpegs = train and cfg.data.decode_on == "device"  # the config checked that the transform allows it
     if defer_jpegs:
         require_jpeg_decoder()
@@ -58,5 +78,28 @@ def build_split(cfg: Config, info: DatasetInfo, split: str, task, *, train: bool
                       draft=decode_size(cfg.data, train) if cfg.data.jpeg_draft else None, defer_jpegs=defer_jpegs)
 
 
+# exported name -> the submodule that defines it, imported when the name is first used (PEP 562)
+_LAZY = {
+    "build_mixup": "transforms", "resolve_norm": "transforms", "Normalizer": "transforms",
+    "ShardSplit": "loader", "make_loader": "loader", "train_batches": "loader", "EvalBatches": "loader",
+    "images_on_device": "device_decode",
+    "TrainPlan": "order", "epoch_order": "order", "eval_positions": "order",
+}
+_SUBMODULES = frozenset({"decode", "device_decode", "loader", "memory", "order", "tarindex", "transforms"})
+
 __all__ = ["DatasetInfo", "dataset_info", "data_root", "build_split", "build_mixup", "resolve_norm", "ShardSplit", "Normalizer",
            "make_loader", "train_batches", "images_on_device", "EvalBatches", "TrainPlan", "epoch_order", "eval_positions"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from imgtrain.data import cache_root  # torch-free, beside data_root (remote data sets staged there)
 from imgtrain.data.loader import EvalBatches, Sample, ShardSplit, _ignore_stop_signals, _mix, reap_workers_at_exit
 from imgtrain.data.order import TrainPlan, epoch_order, eval_positions
 from imgtrain.data.transforms import build_transform, cutout_fill, decode_size
@@ -41,11 +42,6 @@ _CUTOUT_SALT = 0x3C6E_F372_FE94_F82B  # cutout's centres: another hash than the 
 
 
 # ------------------------------------------------------------------------------------------ where, and which key
-
-def cache_root() -> Path:
-    base = os.environ.get("SLURM_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
-    return Path(base) / "imgtrain-cache"
-
 
 def manifest_hash(manifest: dict) -> str:
     """Hash of every split's shard files, counts and checksums: a changed data set gets another folder."""

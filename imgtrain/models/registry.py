@@ -138,3 +138,8 @@ def create_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3, img_size
     if heads.wants_head(cfg):
         heads.attach_dense_head(model, cfg, num_classes, in_chans, img_size, local=local)
     return model
+
+
+# The local nets register themselves when small.py is imported (it imports register_model from here, so
+# this comes last): importing the registry, directly or through imgtrain.models, knows them all.
+from . import small  # noqa: E402,F401

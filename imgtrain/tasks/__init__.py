@@ -7,19 +7,25 @@
     extra = task.extra_outputs(logits_np, targets_np, class_names)   # arrays saved with test results
     task.monitor_default                                # ("val/acc1", "max") | ("val/emd", "min")
     task.mode("val/loss")                               # "max" | "min"
+
+Importing this package imports no torch: the names below that need it (the task classes, emd_torch,
+balanced_class_weights) are imported from their modules on first use (`__getattr__`), and `build` imports
+the task class it makes. `metric_mode` and `base` (numpy softmax, metric directions) are torch-free.
 """
 from __future__ import annotations
 
-from typing import Optional, Protocol
+import importlib
+from typing import TYPE_CHECKING, Optional, Protocol
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
-from imgtrain.config import ConfigError, TaskConfig
+    from imgtrain.config import TaskConfig
 
-from .base import metric_mode
-from .classification import ClassificationTask, balanced_class_weights
-from .score_distribution import ScoreDistributionTask, emd_numpy, emd_torch
+    from .base import metric_mode
+    from .classification import ClassificationTask, balanced_class_weights
+    from .score_distribution import ScoreDistributionTask, emd_numpy, emd_torch
 
 
 class Task(Protocol):
@@ -39,7 +45,11 @@ def build(task_cfg: TaskConfig, num_outputs: int, class_counts: Optional[list[in
           class_names: Optional[list[str]] = None, model_outputs: Optional[int] = None) -> Task:
     """The task for `task_cfg`; `class_counts` (training split, index order) feeds balanced class weights;
     `class_names` (the data set's) and `model_outputs` (model.num_classes) feed task.class_map."""
+    from imgtrain.config import ConfigError
+
     if task_cfg.name == "classification":
+        from .classification import ClassificationTask, balanced_class_weights  # torch
+
         if task_cfg.loss != "ce":
             raise ConfigError(f"task.loss: '{task_cfg.loss}' does not apply to classification; use ce")
         if task_cfg.class_map is not None:
@@ -67,6 +77,8 @@ def build(task_cfg: TaskConfig, num_outputs: int, class_counts: Optional[list[in
     if task_cfg.class_map is not None:
         raise ConfigError("task.class_map applies to classification only")
     if task_cfg.name == "score_distribution":
+        from .score_distribution import ScoreDistributionTask  # torch
+
         if task_cfg.loss not in ("emd", "mse"):
             raise ConfigError(f"task.loss: '{task_cfg.loss}' does not apply to score_distribution; "
                               "set task.loss=emd (NIMA) or mse")
@@ -78,5 +90,28 @@ def build(task_cfg: TaskConfig, num_outputs: int, class_counts: Optional[list[in
     raise ConfigError(f"task.name: unknown task '{task_cfg.name}' (classification or score_distribution)")
 
 
+# exported name -> the submodule that defines it, imported when the name is first used (PEP 562)
+_LAZY = {
+    "metric_mode": "base",
+    "ClassificationTask": "classification", "balanced_class_weights": "classification",
+    "ScoreDistributionTask": "score_distribution", "emd_torch": "score_distribution",
+    "emd_numpy": "score_distribution",
+}
+_SUBMODULES = frozenset({"base", "class_map", "classification", "score_distribution"})
+
 __all__ = ["build", "Task", "metric_mode", "ClassificationTask", "ScoreDistributionTask",
            "balanced_class_weights", "emd_torch", "emd_numpy"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)
