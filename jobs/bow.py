@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Bag-of-visual-words baseline (SIFT/ORB/KAZE/FAST+FREAK, k-means vocabulary, linear / RBF /
 histogram-intersection SVM, random forest), one run per (detector, vocab, classifier) cell.
-See `python jobs/bow.py --help`; the logic is in imgtrain/studies/bow.py."""
+See `python jobs/bow.py --help`; the logic is in imgtrain/studies/bow/."""
 import sys
 
 from imgtrain.studies.bow import main
