@@ -126,7 +126,7 @@ def load_shard_images(directory: str | os.PathLike, split: str = "train",
         raise DataError(f"--data {directory}: no such directory")
     from PIL import Image
 
-    from imgtrain.data.tarindex import ShardReader, index_shard  # the package imports timm: not before here
+    from imgtrain.data.tarindex import ShardReader, index_shard  # numpy and the tars only
     from shards.manifest import ManifestError, load_manifest
 
     try:
