@@ -16,19 +16,11 @@ import torch.nn as nn
 from imgtrain.config import ConfigError, ModelConfig
 
 from . import heads
-
-_local: dict[str, Callable[..., nn.Module]] = {}
+from . import small  # noqa: F401  (the local nets register themselves into the table on import)
+from .local import _local, register_model  # noqa: F401  (register_model: part of this module's API)
 
 # ModelConfig fields that only our local nets take; timm models get constructor arguments via model.kwargs.
 LOCAL_FIELDS = ("depth", "width", "dim", "kernel_size", "activation", "variant")
-
-
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register `fn(num_classes, in_chans, img_size, **kw) -> nn.Module` under its function name."""
-    if fn.__name__ in _local:
-        raise ValueError(f"local model '{fn.__name__}' is registered twice")
-    _local[fn.__name__] = fn
-    return fn
 
 
 def is_local(name: str) -> bool:
@@ -138,8 +130,3 @@ def create_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3, img_size
     if heads.wants_head(cfg):
         heads.attach_dense_head(model, cfg, num_classes, in_chans, img_size, local=local)
     return model
-
-
-# The local nets register themselves when small.py is imported (it imports register_model from here, so
-# this comes last): importing the registry, directly or through imgtrain.models, knows them all.
-from . import small  # noqa: E402,F401

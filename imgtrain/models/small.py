@@ -15,7 +15,7 @@ from timm.models.convmixer import ConvMixer
 
 from imgtrain.config import ConfigError
 
-from .registry import register_model
+from .local import register_model
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
