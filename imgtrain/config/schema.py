@@ -42,7 +42,12 @@ def _added(default, **kw):
 @dataclass
 class DataConfig:
     path: str = REQUIRED  # shard data set directory (holds manifest.json)
-    batch_size: int = 64  # per rank
+    batch_size: int = 64  # per rank; with global_batch: the largest micro-batch a rank runs at once
+    # samples per optimizer step over all ranks, fixed whatever the world size (issue 21): each rank runs
+    # global_batch / world samples per step in micro-batches of at most batch_size (trainer.grad_accum is
+    # derived), so a run resumed on other GPUs sees the same global batches and LR schedule. None: batch_size
+    # x world x trainer.grad_accum, which changes with the world size
+    global_batch: Optional[int] = _added(None)
     eval_batch_size: Optional[int] = None  # per rank; default batch_size
     num_workers: int = _volatile(2)
     img_size: int = 224

@@ -125,6 +125,11 @@ def from_dict(data: dict, origins: Optional[dict[str, str]] = None, overrides: t
                           "plain random-resized-crop + flip: it cannot run with data.simple_augment, auto_augment, "
                           "color_jitter, vflip, an interpolation other than bilinear/bicubic, or in_chans=1; "
                           "set data.decode_on=workers")
+    if cfg.data.global_batch is not None and cfg.trainer.grad_accum != 1:
+        raise ConfigError(f"trainer.grad_accum={cfg.trainer.grad_accum} [{origins.get('trainer.grad_accum', '?')}] "
+                          f"and data.global_batch={cfg.data.global_batch} [{origins.get('data.global_batch', '?')}]: "
+                          "with a global batch the accumulation is derived from it, the world size and "
+                          "data.batch_size (the largest micro-batch); leave trainer.grad_accum at 1")
     if cfg.data.cutout and not cfg.data.simple_augment:
         raise ConfigError(f"data.cutout={cfg.data.cutout} [{origins.get('data.cutout', '?')}] works with "
                           "data.simple_augment=true (pad-and-crop + flip); with timm's augmentation use random "
@@ -146,6 +151,7 @@ def from_dict(data: dict, origins: Optional[dict[str, str]] = None, overrides: t
 # timm's bare AssertionError or a NaN loss minutes into a job. (key, lowest allowed, its meaning)
 _AT_LEAST = [
     ("data.batch_size", 1, "samples per rank"), ("data.eval_batch_size", 1, "samples per rank"),
+    ("data.global_batch", 1, "samples per optimizer step"),
     ("data.img_size", 1, "pixels"), ("data.in_chans", 1, "channels"), ("data.num_workers", 0, "processes"),
     ("data.shuffle_buffer", 1, "samples"), ("trainer.epochs", 1, "epochs"), ("trainer.max_steps", 1, "steps"),
     ("trainer.grad_accum", 1, "micro-batches per step"), ("trainer.eval_every_epochs", 1, "epochs"),

@@ -29,6 +29,27 @@ def epoch_order(counts: list[int], *, seed: int, epoch: int, buffer: int, shuffl
     return stream
 
 
+def split_global_batch(global_batch: int, world: int, max_micro: int) -> tuple[int, int]:
+    """(per-rank micro-batch, accumulation steps) that make `global_batch` samples per optimizer step on `world`
+    ranks with micro-batches of at most `max_micro`: the fewest accumulation steps that divide the rank's share
+    evenly (equal micro-batches, so the mean of their mean losses is the mean over the global batch)."""
+    if global_batch % world:
+        raise ValueError(f"data.global_batch={global_batch} is not divisible by the world size {world}: every rank "
+                         f"must run the same number of samples per step (use {world} ranks that divide it, or a "
+                         f"global batch that is a multiple of {world})")
+    share = global_batch // world
+    accum = next(a for a in range(-(-share // max_micro), share + 1) if share % a == 0)
+    return share // accum, accum
+
+
+def micro_batches(cfg, world: int) -> tuple[int, int]:
+    """(per-rank micro-batch, accumulation steps) of a run on `world` ranks: from data.global_batch when set
+    (the same global batches on any world size that divides it), else data.batch_size and trainer.grad_accum."""
+    if cfg.data.global_batch is None:
+        return cfg.data.batch_size, cfg.trainer.grad_accum
+    return split_global_batch(cfg.data.global_batch, world, cfg.data.batch_size)
+
+
 @dataclass(frozen=True)
 class TrainPlan:
     """Which samples each rank gets in an epoch, from a global sample position on."""

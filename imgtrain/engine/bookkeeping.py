@@ -17,7 +17,8 @@ from imgtrain.engine import dist
 from imgtrain.engine.checkpoint import RunError, rng_state, set_rng_state
 from imgtrain.engine.evaluate import evaluate
 from imgtrain.engine.optim import load_scheduler_state, scheduler_state
-from imgtrain.engine.state import TrainState, _window_from_state, _window_state, seed_everything
+from imgtrain.data.order import micro_batches
+from imgtrain.engine.state import TrainState, _window_from_state, _window_state, regroup_windows, seed_everything
 from imgtrain.engine.trainer_base import TrainerBase
 from imgtrain.logs.atomic import atomic_write_text
 
@@ -74,10 +75,17 @@ class Bookkeeping(TrainerBase):
             set_rng_state(resumed["rng"][self.env.rank])
             saved = resumed.get("window")  # None: a checkpoint from before the log window was saved
             self.resumed_window = _window_from_state(saved[self.env.rank], self.env.device) if saved else None
-        else:  # same sample position, fresh per-rank RNG streams; exactness is not promised here
+        else:  # same sample position (and with data.global_batch the same global batches), fresh RNG streams
             seed_everything(self.cfg.trainer.seed + self.env.rank + 1000 * state.step)
+            saved = resumed.get("window")
+            if saved:
+                before = micro_batches(self.cfg, resumed["world_size"])[1]
+                self.resumed_window = regroup_windows(saved, before, self.accum, self.env.rank)
+            fixed = (f"the same global batch of {self.cfg.data.global_batch} (now {self.batch} x {self.accum} "
+                     f"micro-batches per rank)" if self.cfg.data.global_batch else
+                     f"global batch now {self.batch * self.env.world * self.accum} (data.global_batch keeps it)")
             self.log(f"world size changed {resumed['world_size']} -> {self.env.world}: continuing at epoch "
-                     f"{state.epoch}, sample {state.consumed} of the epoch, step {state.step}")
+                     f"{state.epoch}, sample {state.consumed} of the epoch, step {state.step}; {fixed}")
         self.log(f"resumed {self.run_id} at epoch {state.epoch} step {state.step} (attempt {self.attempt})")
 
     # ------------------------------------------------------------------------------------ evaluation

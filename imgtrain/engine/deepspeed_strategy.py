@@ -19,14 +19,15 @@ from typing import Callable, Optional
 import torch
 
 from imgtrain.config import Config, ConfigError
+from imgtrain.data.order import micro_batches
 from imgtrain.engine.checkpoint import Unusable, resume_newest
 from imgtrain.logs.atomic import atomic_write_text
 
 # DeepSpeed config keys that imgtrain sets from its own config, and where the user sets them instead.
 OWNED = {
-    "train_micro_batch_size_per_gpu": "data.batch_size",
-    "gradient_accumulation_steps": "trainer.grad_accum",
-    "train_batch_size": "data.batch_size x world size x trainer.grad_accum",
+    "train_micro_batch_size_per_gpu": "data.batch_size (or data.global_batch)",
+    "gradient_accumulation_steps": "trainer.grad_accum (or data.global_batch)",
+    "train_batch_size": "data.batch_size x world size x trainer.grad_accum, or data.global_batch",
     "gradient_clipping": "trainer.clip_grad",
     "bf16.enabled": "trainer.precision",
     "fp16.enabled": "trainer.precision",
@@ -60,10 +61,11 @@ def ds_config(cfg: Config, world: int) -> dict:
     """DeepSpeed's config from ours plus `dist.deepspeed` pass-through keys. A pass-through key that
     imgtrain sets itself is an error naming both keys (before anything is launched)."""
     offload = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    micro, accum = micro_batches(cfg, world)
     ours = {
-        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": cfg.trainer.grad_accum,
-        "train_batch_size": cfg.data.batch_size * world * cfg.trainer.grad_accum,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": micro * world * accum,  # data.global_batch when set
         "gradient_clipping": float(cfg.trainer.clip_grad or 0.0),
         "bf16": {"enabled": cfg.trainer.precision == "bf16"},
         "fp16": {"enabled": cfg.trainer.precision == "fp16"},

@@ -46,6 +46,20 @@ def _window_from_state(saved: Optional[dict], device: torch.device) -> Optional[
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in saved.items()}
 
 
+def regroup_windows(saved: list, accum_before: int, accum_now: int, rank: int) -> Optional[dict]:
+    """This rank's share of the log windows saved by another world size: the same mean loss over the same
+    steps (every new rank holds it; the log line averages over ranks), the summed counts on rank 0 only."""
+    saved = [w for w in saved if w]
+    if not saved or not any(float(w["n"]) for w in saved):
+        return None
+    losses = [float(w["loss"]) / float(w["n"]) for w in saved if float(w["n"])]
+    steps = float(saved[0]["n"]) / accum_before
+    n = steps * accum_now
+    total = {k: sum(float(w[k]) for w in saved) for k in ("images", "bad", "correct")}
+    return {"loss": sum(losses) / len(losses) * n, "n": n,
+            **{k: (int(v) if k != "correct" else v) if rank == 0 else 0 for k, v in total.items()}}
+
+
 @dataclass
 class RunResult:
     run_dir: Path

@@ -18,6 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from imgtrain import config as C
+from imgtrain.data.order import micro_batches
 from imgtrain.engine import dist
 from imgtrain.engine.checkpoint import Checkpointer
 
@@ -97,7 +98,7 @@ class DataParallel:
     def __init__(self, cfg: C.Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer, env: dist.DistEnv,
                  ckpt_dir: Path, *, mode: str, on_checkpoint_temp: Optional[Callable[[Path], None]] = None):
         self.cfg, self.model, self.optimizer, self.env = cfg, model, optimizer, env
-        self.accum = cfg.trainer.grad_accum
+        self.accum = micro_batches(cfg, env.world)[1]
         self.scaler = torch.amp.GradScaler(enabled=cfg.trainer.precision == "fp16" and env.device.type == "cuda")
         self.ema = None
         if cfg.trainer.ema_decay:

@@ -301,9 +301,10 @@ class Trainer(Bookkeeping):
         state.skipped += int(dist.sum_scalar(env, window["bad"]))
         rate = images / max(time.time() - window["t"], 1e-9)
         state.images += int(images)
+        steps = window["n"] / self.accum  # weights in optimizer steps: the same on any world size (data.global_batch)
         if window["n"]:
-            state.epoch_loss_sum += loss * window["n"]
-        state.epoch_loss_n += window["n"]
+            state.epoch_loss_sum += loss * steps
+        state.epoch_loss_n += steps
         if self.task.name == "classification":
             state.epoch_correct += dist.sum_scalar(env, float(window["correct"]))  # the device count's one sync
             state.epoch_samples += images

@@ -16,6 +16,7 @@ from imgtrain import config as C
 from imgtrain import models, runs, tasks
 from imgtrain.data import Normalizer, build_mixup, build_split, dataset_info, resolve_norm
 from imgtrain.data.memory import manifest_hash
+from imgtrain.data.order import micro_batches
 from imgtrain.engine import dist, strategy
 from imgtrain.engine.checkpoint import RunError
 from imgtrain.engine.hooks import Hooks
@@ -77,10 +78,10 @@ class TrainerBase:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.optimizer = build_optimizer(cfg.optim, models.param_groups(model, cfg.optim, cfg.model))
-        self.accum, self.batch = cfg.trainer.grad_accum, cfg.data.batch_size
-        self.global_batch = self.batch * env.world
-        self.steps_per_epoch = len(self.train_ds) // self.global_batch // self.accum
-        if self.steps_per_epoch == 0:
+        self.batch, self.accum = micro_batches(cfg, env.world)
+        self.global_batch = self.batch * env.world  # one micro-batch on every rank: stream positions per micro-step
+        self.steps_per_epoch = len(self.train_ds) // self.global_batch // self.accum  # with data.global_batch:
+        if self.steps_per_epoch == 0:                                                # the same on any world size
             raise ValueError(f"split '{cfg.data.train_split}' has {len(self.train_ds)} samples, fewer than one "
                              f"optimizer step needs (data.batch_size {self.batch} x {env.world} ranks x "
                              f"trainer.grad_accum {self.accum})")
