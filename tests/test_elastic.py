@@ -103,4 +103,8 @@ def test_resume_2_1_2_ranks_sees_the_same_global_batches(digits_shards, tmp_path
     b = torch.load(el_dir / "checkpoints/last.pt", map_location="cpu", weights_only=True)["model"]
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     assert "world size changed 1 -> 2" in log and "the same global batch of 32 (now 16 x 1" in log
+    from imgtrain.analysis import analyze
+    result = analyze(el, plots=False)
+    assert f"elastic: world size changed between attempts, 2 -> 1 -> 2 (run.json)" in result.notes
+    assert result.board.column("note").to_pylist() == ["world size 2 -> 1 -> 2"]
     print(f"elastic 2 -> 1 -> 2: largest train-loss difference {worst:.2e} over {len(loss_ref)} steps")

@@ -187,7 +187,8 @@ def leaderboard(runs: RunSet, metric: Optional[str] = None) -> pa.Table:
         row = {"rank": i, "run_id": r.run_id, "sweep": r.sweep, "status": r.status,
                "monitor": monitors[r.run_id][0], "best": value, "best_epoch": None if epoch is None else epoch + 1,
                "epochs": s.get("epochs", None if seen is None else seen + 1),
-               "wall_s": s.get("wall_s"), "img_per_s": s.get("img_per_s"), "note": r.reason}
+               "wall_s": s.get("wall_s"), "img_per_s": s.get("img_per_s"),
+               "note": "; ".join(n for n in (r.reason, r.world_text() and f"world size {r.world_text()}") if n) or None}
         row.update({k: r.config.get(f"cfg.{k}") for k in varied})
         tv = {**{k[5:]: v for k, v in s.items() if k.startswith("test/")}, **test.get(r.run_id, {})}
         row.update({f"test/{m}": tv.get(m) for m in test_names})

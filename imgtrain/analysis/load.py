@@ -23,7 +23,7 @@ from imgtrain.logs.runinfo import is_run_dir
 from imgtrain.runs import FAILED, PRUNED
 from imgtrain.runs import run_status as _run_status
 
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4  # 4: world sizes of the attempts
 # the columns the analysis uses (sweep, attempt and time are not read: less to decode); read_metrics
 # gives all of them. The strings stay dictionary-encoded, as Parquet stores them: filtering 3 million
 # rows by split and metric then compares a handful of dictionary entries instead of every row
@@ -49,6 +49,12 @@ class RunInfo:
     summary: Optional[dict]  # summary.parquet's row less its cfg.* columns; None until the run has finished
     config: dict  # cfg.<dotted.key> -> value, from the summary or else config.yaml
     has_test_results: bool
+    world_sizes: tuple = ()  # each attempt's world size, from run.json (where a resume changed it)
+
+    def world_text(self) -> Optional[str]:
+        """'2 -> 1 -> 2' when the run's world size changed between attempts, else None."""
+        changes = [w for i, w in enumerate(self.world_sizes) if i == 0 or w != self.world_sizes[i - 1]]
+        return " -> ".join(map(str, changes)) if len(changes) > 1 else None
 
 
 @dataclass
@@ -150,11 +156,13 @@ def _read_meta(run: Path, names: set[str]) -> tuple[Optional[list], Optional[dic
     return None, None, {}, notes
 
 
-def _read_sweep(run: Path) -> Optional[str]:
+def _read_run_json(run: Path) -> tuple[Optional[str], list[int]]:
+    """(sweep, each attempt's world size) from run.json."""
     try:
-        return json.loads((run / "run.json").read_text()).get("sweep")
-    except (OSError, ValueError, AttributeError):
-        return None
+        info = json.loads((run / "run.json").read_text())
+        return info.get("sweep"), [int(a.get("world_size") or 0) for a in info.get("attempts", [])]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None, []
 
 
 class _Cache:
@@ -275,7 +283,10 @@ def _scan_run(d: Path, old: dict, sweep: Optional[str]) -> tuple[dict, Optional[
     names = set(os.listdir(d))
     e: dict[str, Any] = {"run_key": _stat_key(d / "run.json") if "run.json" in names else None}
     if e["run_key"] is not None:
-        e["sweep"] = old["sweep"] if old.get("run_key") == e["run_key"] else _read_sweep(d)
+        if old.get("run_key") == e["run_key"]:
+            e["sweep"], e["world_sizes"] = old["sweep"], old.get("world_sizes", [])
+        else:
+            e["sweep"], e["world_sizes"] = _read_run_json(d)
         if sweep is not None and e["sweep"] != sweep:
             return e, None  # not in this sweep: remember run.json's key, read nothing else
     meta_name = "summary.parquet" if "summary.parquet" in names else "config.yaml" if "config.yaml" in names else None
@@ -292,7 +303,8 @@ def _scan_run(d: Path, old: dict, sweep: Optional[str]) -> tuple[dict, Optional[
     if old.get("parts") == e["parts"] and "offset" in old:
         e.update({k: old[k] for k in ("offset", "rows", "metrics_warnings")})
     status, reason = run_status(d, names)
-    return e, RunInfo(d.name, d, status, reason, e["sweep"], e["summary"], e["config"], "test_results.json" in names)
+    return e, RunInfo(d.name, d, status, reason, e["sweep"], e["summary"], e["config"], "test_results.json" in names,
+                      tuple(e.get("world_sizes", ())))
 
 
 def _read_fresh(root: Path, run_ids: list[str], entries: dict) -> tuple[pa.Table, dict]:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imgtrain.analysis.board import _select, board_mode, board_varied, leaderboard, varied_keys
-from imgtrain.analysis.load import AnalysisWarning, RunSet, _gc_paused, _read_sweep, load_runs
+from imgtrain.analysis.load import AnalysisWarning, RunSet, _gc_paused, _read_run_json, load_runs
 from imgtrain.analysis.plots import (DEFAULT_PLOT_TOP, _save, heatmap_table, learning_curves_figure,
                                      plot_confusion_matrix, plot_heatmap, plot_sweep_curves)
 from imgtrain.analysis.text import cell_label, to_markdown, write_csv
@@ -110,6 +110,8 @@ def analyze(root: str | os.PathLike, sweep: Optional[str] = None, out: str | os.
             files["confusion_matrix"] = cm_path
     else:
         notes.append("figures not drawn (--no-plots)")
+    notes += [f"{r.run_id}: world size changed between attempts, {r.world_text()} (run.json)"
+              for r in runs.runs if r.world_text()]
     timings["plots"] = time.perf_counter() - t1
     result = Analysis(root, out, sweep, runs, board, varied, files, images, heatmaps, notes, notes_w, timings)
     files["report"] = write_report(result, sections, report_rows)
@@ -160,7 +162,7 @@ def _sweeps_hint(root: Path, sweep: Optional[str]) -> str:
     """' (sweeps there: a, b)' from the runs' run.json files, for a --sweep that matched nothing."""
     if sweep is None:
         return ""
-    names = sorted({s for d in iter_run_dirs(root) if (s := _read_sweep(d))})
+    names = sorted({s for d in iter_run_dirs(root) if (s := _read_run_json(d)[0])})
     return f" (sweeps there: {', '.join(names)})" if names else " (no sweeps there)"
 
 
