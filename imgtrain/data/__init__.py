@@ -7,12 +7,12 @@ timm, torchvision); order.py, tarindex.py and decode.py do not.
 """
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from imgtrain.lazy import lazy_exports
 from shards.manifest import load_manifest
 from shards.remote import is_remote, stage
 
@@ -90,16 +90,4 @@ _SUBMODULES = frozenset({"decode", "device_decode", "loader", "memory", "order",
 __all__ = ["DatasetInfo", "dataset_info", "data_root", "build_split", "build_mixup", "resolve_norm", "ShardSplit", "Normalizer",
            "make_loader", "train_batches", "images_on_device", "EvalBatches", "TrainPlan", "epoch_order", "eval_positions"]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__) | _SUBMODULES)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY, _SUBMODULES)

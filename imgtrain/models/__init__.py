@@ -7,8 +7,9 @@ registry.py imports small.py. A torch-free model-name check is imgtrain.sweep.pr
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from imgtrain.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .pretrained import WeightsMismatchError, data_config, load_pretrained
@@ -30,16 +31,4 @@ __all__ = [
     "set_phase",
 ]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__) | _SUBMODULES)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY, _SUBMODULES)

@@ -14,8 +14,9 @@ the task class it makes. `metric_mode` and `base` (numpy softmax, metric directi
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Optional, Protocol
+
+from imgtrain.lazy import lazy_exports
 
 if TYPE_CHECKING:
     import numpy as np
@@ -102,16 +103,4 @@ _SUBMODULES = frozenset({"base", "class_map", "classification", "score_distribut
 __all__ = ["build", "Task", "metric_mode", "ClassificationTask", "ScoreDistributionTask",
            "balanced_class_weights", "emd_torch", "emd_numpy"]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__) | _SUBMODULES)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY, _SUBMODULES)
