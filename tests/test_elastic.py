@@ -2,6 +2,7 @@
 CPU) sees the same samples in the same global batches, follows the same learning-rate schedule, logs the same
 train losses and ends with the same weights as the run that was never interrupted."""
 import json
+import time
 
 import pytest
 import torch
@@ -108,3 +109,70 @@ def test_resume_2_1_2_ranks_sees_the_same_global_batches(digits_shards, tmp_path
     assert f"elastic: world size changed between attempts, 2 -> 1 -> 2 (run.json)" in result.notes
     assert result.board.column("note").to_pylist() == ["world size 2 -> 1 -> 2"]
     print(f"elastic 2 -> 1 -> 2: largest train-loss difference {worst:.2e} over {len(loss_ref)} steps")
+
+
+# ------------------------------------------------------------------ through SLURM: 2 nodes, requeued onto 1
+from test_slurm import CONFIG, TINY, ava_shards, run_json, submit, submitted, the_run_dir  # noqa: E402,F401
+
+SLURM_GLOBAL, SLURM_STOP, SLURM_EPOCHS = 8, 3, 2  # 43 samples: 5 steps of 8 per epoch, 10 steps
+
+
+def trace_steps(path, accums: list[tuple[int, int]]) -> dict[int, list[int]]:
+    """step -> sample indices of one rank's trace written by consecutive attempts: accums = [(steps, accum)]."""
+    lines, steps, at = open(path).read().splitlines(), {}, 0
+    first = 0
+    for count, accum in accums:
+        for k in range(count * accum):
+            steps.setdefault(first + k // accum, []).extend(map(int, lines[at + k].split()[1:]))
+        at, first = at + count * accum, first + count
+    assert at == len(lines), (at, len(lines))
+    return steps
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_two_node_job_requeued_onto_one_node_keeps_the_global_batches(submitted, slurm_multinode, ava_shards,  # noqa: F811
+                                                                     tmp_path):
+    """`sbatch --nodes=2`: the first attempt runs on node1 + node2 and stops after step 3 (the trainer's test
+    hook); node2 is drained meanwhile and the pending requeued job is changed to 1 node, so the next attempt
+    runs on node1 alone: 1 rank, 2 accumulated micro-batches per step. Every step trains on the samples of the uninterrupted 2-rank run."""
+    common = [f"data.path={ava_shards}", *TINY, f"data.global_batch={SLURM_GLOBAL}", f"trainer.epochs={SLURM_EPOCHS}"]
+    ref = tmp_path / "ref"
+    run_cmd(train_cmd(CONFIG, *common, f"output.root={ref}", nproc=2),
+            env={"IMGTRAIN_TEST_TRACE_SAMPLES": str(tmp_path / "ref")})
+    reference = {s: sorted(v) for s, v in steps_of(tmp_path / "ref", 2, 1, 0).items()}
+
+    trace = tmp_path / "el"
+    job = submit(submitted, slurm_multinode, tmp_path, *common, f"output.root={tmp_path / 'el-root'}",
+                 sbatch=["--nodes=2"], env={"IMGTRAIN_TEST_SIGNAL_AT_STEP": str(SLURM_STOP),
+                                              "IMGTRAIN_TEST_TRACE_SAMPLES": str(trace),
+                                              "IMGTRAIN_TRAIN_ENTRY": "tests/hooked_train.py"})
+    deadline = time.monotonic() + 180
+    while slurm_multinode.squeue_states(job.id).get(str(job.id)) != "RUNNING":  # allocated both nodes
+        assert time.monotonic() < deadline, job.logs()
+        time.sleep(0.2)
+    slurm_multinode.run(["scontrol", "update", "nodename=node2", "state=drain", "reason=elastic-test"])
+    try:
+        # the job requeues itself after step 3 and waits for 2 nodes; as a scheduler would hand it what is free,
+        # the pending job is given 1 node
+        while slurm_multinode.squeue_states(job.id).get(str(job.id)) != "PENDING":
+            assert time.monotonic() < deadline + 240, job.logs()
+            time.sleep(0.2)
+        slurm_multinode.run(["scontrol", "update", f"jobid={job.id}", "NumNodes=1", "NumTasks=1"])
+        assert job.wait(timeout=420) == "COMPLETED", job.logs()
+    finally:
+        slurm_multinode.run(["scontrol", "update", "nodename=node2", "state=resume"], check=False)
+    rdir = the_run_dir(tmp_path / "el-root")
+    attempts = run_json(rdir)["attempts"]
+    assert [(a["status"], a["world_size"], a["slurm"]["node_list"]) for a in attempts] == \
+        [("STOPPED", 2, "node[1-2]"), ("DONE", 1, "node1")], attempts
+    total = len(reference)
+    got = trace_steps(f"{trace}.rank0", [(SLURM_STOP, 1), (total - SLURM_STOP, 2)])
+    for s, index in trace_steps(f"{trace}.rank1", [(SLURM_STOP, 1)]).items():
+        got[s].extend(index)
+    assert {s: sorted(v) for s, v in got.items()} == reference
+    out = job.out.read_text()
+    assert "world size changed 2 -> 1" in out and f"the same global batch of {SLURM_GLOBAL} (now 4 x 2" in out
+    a = torch.load(the_run_dir(ref) / "checkpoints/last.pt", map_location="cpu", weights_only=True)["model"]
+    b = torch.load(rdir / "checkpoints/last.pt", map_location="cpu", weights_only=True)["model"]
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
