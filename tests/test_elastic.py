@@ -111,6 +111,35 @@ def test_resume_2_1_2_ranks_sees_the_same_global_batches(digits_shards, tmp_path
     print(f"elastic 2 -> 1 -> 2: largest train-loss difference {worst:.2e} over {len(loss_ref)} steps")
 
 
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_deepspeed_zero2_resumed_on_fewer_ranks_through_a_universal_checkpoint(digits_shards, tmp_path):
+    """ZeRO-2 saved by 2 ranks, resumed on 1: converted to DeepSpeed's universal checkpoint (logged) and continued
+    with the same global batches as the uninterrupted 2-rank run."""
+    common = [f"data.path={digits_shards}", f"data.global_batch={GLOBAL}", f"data.batch_size={MICRO}",
+              "trainer.epochs=1", "trainer.log_every_steps=1", "output.run=ds", "dist.strategy=deepspeed",
+              "dist.zero_stage=2", "optim.name=adamw", "optim.lr=0.003"]  # ds_to_universal reads Adam states
+    run_cmd(train_cmd(CFG, *common, f"output.root={tmp_path / 'ref'}", nproc=2),
+            env={"IMGTRAIN_TEST_TRACE_SAMPLES": str(tmp_path / "ref")})
+    reference = steps_of(tmp_path / "ref", 2, 1, 0)
+    root = tmp_path / "el"
+    stopped = run_cmd(train_cmd(CFG, *common, f"output.root={root}", nproc=2), check=False,
+                      env={"IMGTRAIN_TEST_SIGNAL_AT_STEP": "10", "IMGTRAIN_TEST_TRACE_SAMPLES": str(tmp_path / "el0")})
+    assert stopped.returncode == 1, stopped.stderr[-3000:]  # torchrun's 1 for the workers' 75
+    done = run_cmd(train_cmd(CFG, *common, f"output.root={root}"),
+                   env={"IMGTRAIN_TEST_TRACE_SAMPLES": str(tmp_path / "el1")})
+    assert "was saved by 2 ranks under ZeRO-2, this attempt has 1: converted to DeepSpeed's universal " \
+           "checkpoint" in done.stdout, done.stdout[-3000:]
+    got = {**steps_of(tmp_path / "el0", 2, 1, 0), **steps_of(tmp_path / "el1", 1, 2, 10)}
+    assert got == reference
+    rdir = root / "runs/ds"
+    assert [(a["status"], a["world_size"]) for a in json.loads((rdir / "run.json").read_text())["attempts"]] == \
+        [("STOPPED", 2), ("DONE", 1)]
+    loss_ref, loss_el = train_rows(tmp_path / "ref/runs/ds", "loss"), train_rows(rdir, "loss")
+    assert loss_el.keys() == loss_ref.keys() and max(abs(loss_el[s] - loss_ref[s]) for s in loss_ref) < 1e-5
+    assert not list((rdir / "checkpoints/deepspeed").glob("universal-*"))  # removed by the next save
+
+
 # ------------------------------------------------------------------ through SLURM: 2 nodes, requeued onto 1
 from test_slurm import CONFIG, TINY, ava_shards, run_json, submit, submitted, the_run_dir  # noqa: E402,F401
 

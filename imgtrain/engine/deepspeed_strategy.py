@@ -209,6 +209,8 @@ class DeepSpeedStrategy:
             for old in self._tags():
                 if old not in keep:
                     shutil.rmtree(self.dir / old, ignore_errors=True)
+            for old in self.dir.glob("universal-step*"):  # a resume at another world size read it; done
+                shutil.rmtree(old, ignore_errors=True)
         torch.distributed.barrier()
 
     def _pointer(self, name: str) -> Optional[str]:
@@ -231,22 +233,53 @@ class DeepSpeedStrategy:
                 raise Unusable(f"no readable imgtrain.json ({e})") from None
             if meta["config_hash"] != config_hash:
                 raise Unusable(f"config hash {meta['config_hash']} != this run's {config_hash}")
-            if meta["world_size"] != self.env.world and self.cfg.dist.zero_stage > 0:
-                raise RuntimeError(
-                    f"{self.dir / tag} was saved by {meta['world_size']} ranks under ZeRO-{meta['zero_stage']}; "
-                    f"resume it with {meta['world_size']} ranks, or convert it to a universal checkpoint: "
-                    f"python -m deepspeed.checkpoint.ds_to_universal --input_folder {self.dir / tag} "
-                    f"--output_folder {self.dir / tag}_universal  and resume with "
-                    "dist.deepspeed.checkpoint.load_universal=true (see DeepSpeed's universal checkpointing)")
+            universal = meta["world_size"] != self.env.world and self.cfg.dist.zero_stage > 0
+            if universal:  # ZeRO partitions are per rank: another world size loads DeepSpeed's universal form
+                tag = self._universal(tag, meta)
+            self.engine._config.load_universal_checkpoint = universal  # only for that load: an ordinary tag fails
             try:
                 path, client = self.engine.load_checkpoint(str(self.dir), tag=tag, load_lr_scheduler_states=False)
             except Exception as e:
                 raise Unusable(f"does not load ({type(e).__name__}: {str(e)[:300]})") from None
+            finally:
+                self.engine._config.load_universal_checkpoint = False
             if path is None:
                 raise Unusable("DeepSpeed could not load it")
             return client
 
         return resume_newest(self.dir, tags, load, kind="DeepSpeed checkpoint")
+
+    def _universal(self, tag: str, meta: dict) -> str:
+        """`tag` saved by another world size under ZeRO, converted once (rank 0, DeepSpeed's ds_to_universal) into
+        `universal-<tag>` beside it; its name is outside the step* tags, so it is never taken for one. Collective."""
+        out = f"universal-{tag}"
+        failed = None
+        if self.env.is_main and not (self.dir / out / "imgtrain.json").exists():
+            import argparse
+            import time
+            from deepspeed.checkpoint.ds_to_universal import main as to_universal
+            tmp = self.dir / f".tmp-{out}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            t0 = time.time()
+            try:
+                to_universal(argparse.Namespace(
+                    input_folder=str(self.dir / tag), output_folder=str(tmp), num_extract_workers=1,
+                    num_merge_workers=1, keep_temp_folder=False, strict=True,
+                    inject_missing_state=True))  # ZeRO-1/2 checkpoints lack universal_checkpoint_info
+                shutil.copy2(self.dir / tag / "imgtrain.json", tmp / "imgtrain.json")
+                os.replace(tmp, self.dir / out)
+            except Exception as e:  # told to every rank below, so none waits for a load that cannot come
+                shutil.rmtree(tmp, ignore_errors=True)
+                failed = f"{type(e).__name__}: {str(e)[:300]}"
+            else:
+                print(f"[imgtrain] {tag} was saved by {meta['world_size']} ranks under ZeRO-{meta['zero_stage']}, "
+                      f"this attempt has {self.env.world}: converted to DeepSpeed's universal checkpoint "
+                      f"{self.dir / out} in {time.time() - t0:.1f}s", flush=True)
+        from imgtrain.engine import dist
+        if dist.any_rank(self.env, failed is not None):
+            raise Unusable(f"saved by {meta['world_size']} ranks; converting it to a universal checkpoint failed"
+                           f"{f' ({failed})' if failed else ' on rank 0'}")
+        return out
 
     def best_state_dict(self) -> Optional[dict]:
         tag = self._pointer("best") or self._pointer("last")
