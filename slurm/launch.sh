@@ -86,62 +86,16 @@ usage() {
   sed -n '2,/^set -uo/p' "$SELF" | sed '$d; s/^# \{0,1\}//'
 }
 
-section() { # section FIRST LAST: the header lines after the one starting "# FIRST", before "LAST"
-  sed -n "/^# $1/,/^$2/p" "$SELF" | sed '1d;$d; s/^# \{0,1\}//; /^ *#* *$/d'
+recipe_py() { # recipe_py help|resources RECIPE [...]: imgtrain/recipe.py (standard library only, so
+  # a recipe's --help works before the venv exists)
+  PYTHONPATH="$REPO${PYTHONPATH:+:${PYTHONPATH}}" "$(python_bin)" -m imgtrain.recipe "$@"
 }
 
 recipe_help() { # `bash slurm/<recipe>.sbatch --help`: what the recipe runs, with which resources and knobs
-  local line name=${RECIPE#"$REPO"/} cfg=${CONFIG:-} nodes cpus gpus
-  echo "${name}"
-  while IFS= read -r line; do # the recipe's own description: its comment lines up to the first #SBATCH
-    [[ $line == "#!"* ]] && continue
-    if [[ $line != "#"* ]] || [[ $line == "#SBATCH"* ]]; then break; fi
-    line=${line#\#}
-    echo "  ${line# }"
-  done <"${RECIPE}"
-  echo
-  if [ "${MODE}" = pack ]; then
-    echo "runs: python -m shards pack KIND SRC OUT [pack options] (no config file; the options: python -m shards pack --help),"
-    echo "  with --workers set to the allocated CPUs (SLURM_CPUS_PER_TASK) unless given"
-  else
-    if [ -n "${cfg}" ]; then
-      echo "config: ${cfg}$( [ -f "$REPO/${cfg}" ] || [ -f "${cfg}" ] || printf ' (not found)')"
-      if [ -f "$REPO/${cfg}" ]; then
-        while IFS= read -r line; do # the config's own description: its leading comment block
-          [[ $line == "#"* ]] || break
-          line=${line#\#}
-          echo "  ${line# }"
-        done <"$REPO/${cfg}"
-      fi
-    else
-      echo "config: CONFIG, the recipe's first argument, relative to the repository root; jobs/configs/ holds:"
-      (cd "$REPO/jobs/configs" && printf '%s ' *.yaml) | fold -s -w 100 | sed 's/^/  /; s/ *$//'
-    fi
-    echo "runs: srun, one task per node -> torchrun, one process per GPU -> jobs/train.py --config ${cfg:-CONFIG} [key=value ...]"
-    echo "  key=value overrides any config key; the whole command, the run and its directory, without SLURM:"
-    echo "  IMGTRAIN_DRY_RUN=1 bash ${name} [the arguments you would give sbatch]"
-  fi
-  echo
-  echo "resources: the #SBATCH lines of ${name} (sbatch --OPTION=VALUE on the command line overrides any):"
-  while IFS= read -r line; do
-    [[ $line == "#SBATCH"* ]] && echo "  ${line#\#SBATCH }"
-  done <"${RECIPE}"
-  nodes=$(recipe_opt nodes)
-  cpus=$(recipe_opt cpus-per-task)
-  gpus=$(count_gpus "$(recipe_opt gpus-per-node)")
-  if [ "${MODE}" = pack ]; then
-    echo "  -> one packer with ${cpus:-1} worker(s)"
-  else
-    echo "  -> ${nodes:-1} node(s) x ${gpus:-1} process(es) (one per GPU; IMGTRAIN_NPROC on CPU partitions), ${cpus:-1} CPUs per node"
-  fi
-  echo
-  echo "knobs (environment variables):"
-  section Environment "# Signals"
-  echo
-  echo "signals and requeueing (USR1 = SLURM's warning before the time limit):"
-  section Signals "set -uo"
-  echo
-  echo "every option of the launcher: bash slurm/launch.sh --help"
+  local -a args=(help "${RECIPE}")
+  [ -n "${CONFIG}" ] && args+=(--config "${CONFIG}")
+  [ "${MODE}" = pack ] && args+=(--pack)
+  recipe_py "${args[@]}"
 }
 
 # ----------------------------------------------------------------------------- small helpers
@@ -177,19 +131,8 @@ job_field() { # job_field NAME: a field of `scontrol show job -o` for this job
   field_of "$(job_info)" "$1"
 }
 
-recipe_opt() { # recipe_opt NAME: the value of `#SBATCH --NAME=VALUE` in the recipe (dry runs)
-  local line word value=""
-  [ -n "${RECIPE}" ] && [ -r "${RECIPE}" ] || return 0
-  while IFS= read -r line; do
-    [[ $line == "#SBATCH"* ]] || continue
-    for word in ${line#\#SBATCH}; do
-      [[ $word == "--$1="* ]] && value=${word#--"$1"=}
-    done
-  done <"${RECIPE}"
-  printf '%s' "${value}"
-}
-
-count_gpus() { # "4", "a100:4" or "gpu:a100:4" -> 4; a device list "0,1,2" -> 3
+count_gpus() { # "4", "a100:4" or "gpu:a100:4" -> 4; a device list "0,1,2" -> 3 (SLURM's environment;
+  # a recipe's #SBATCH lines are read by imgtrain/recipe.py, the same rule)
   local v=$1
   if [[ $v =~ ^([^:]*:)*([0-9]+)$ ]]; then
     echo "${BASH_REMATCH[2]}"
@@ -397,12 +340,10 @@ resources() { # NNODES NPROC CPUS OMP HEAD PORT JOB (placeholders in a dry run o
     SOURCE_NPROC="the GPUs allocated on the node"
   else
     JOB=JOB_ID
-    NNODES=$(recipe_opt nodes)
-    NNODES=${NNODES:-1}
-    CPUS=$(recipe_opt cpus-per-task)
-    CPUS=${CPUS:-1}
-    gpus=$(count_gpus "$(recipe_opt gpus-per-node)")
-    [ -n "${gpus}" ] || gpus=$(count_gpus "$(recipe_opt gres)")
+    recipe_kv
+    NNODES=${KV_nodes:-1}
+    CPUS=${KV_cpus_per_task:-1}
+    gpus=${KV_gpus}
     HEAD=FIRST_NODE
     PORT=PORT
     SOURCE_NODES="#SBATCH --nodes in ${RECIPE:-no recipe}; sbatch --nodes=N overrides it"
@@ -422,6 +363,11 @@ resources() { # NNODES NPROC CPUS OMP HEAD PORT JOB (placeholders in a dry run o
   [ "${OMP}" -ge 1 ] || OMP=1
 }
 
+recipe_kv() { # the recipe's #SBATCH resources -> KV_nodes, KV_cpus_per_task, KV_gpus, KV_output, KV_error
+  [ -n "${RECIPE}" ] && [ -r "${RECIPE}" ] || return 0
+  read_kv "$(recipe_py resources "${RECIPE}")"
+}
+
 ARRAY_NOTE=""
 expand_array_task() { # %a in OVERRIDES -> the array task id (task 0 in a dry run outside SLURM)
   local i pattern=%a task=${SLURM_ARRAY_TASK_ID:-}
@@ -437,7 +383,8 @@ expand_array_task() { # %a in OVERRIDES -> the array task id (task 0 in a dry ru
   done
 }
 
-# what `python -m imgtrain.launch paths/check` prints
+# what `python -m imgtrain.launch paths/check` and `python -m imgtrain.recipe resources` print
+KV_nodes="" KV_cpus_per_task="" KV_gpus="" KV_output="" KV_error=""
 KV_run_id="" KV_run_dir="" KV_status="" KV_attempts=0 KV_max_attempts=5 KV_data_path="" KV_output_root=""
 KV_pretrained_path=""
 read_kv() { # read_kv TEXT: key=value lines -> KV_<key> variables
@@ -515,9 +462,8 @@ main_train() {
     --cpus-per-task="${CPUS}" bash "${SELF}" --node "${torchrun[@]}")
 
   if [ "${DRY_RUN}" = 1 ]; then
-    local outp errp
-    outp=$(recipe_opt output)
-    errp=$(recipe_opt error)
+    recipe_kv # the #SBATCH --output/--error the job would log to
+    local outp=${KV_output} errp=${KV_error}
     echo "imgtrain launch, dry run: nothing is started"
     echo "  repository   ${REPO}"
     echo "  config       ${CONFIG}${OVERRIDES[*]:+ $(quoted "${OVERRIDES[@]}")}"
@@ -590,8 +536,8 @@ main_pack() {
     [[ $arg == --workers || $arg == --workers=* ]] && has_workers=1
   done
   if [ "${has_workers}" = 0 ]; then
-    local cpus=${SLURM_CPUS_PER_TASK:-$(recipe_opt cpus-per-task)}
-    args+=(--workers "${cpus:-1}")
+    [ -n "${SLURM_CPUS_PER_TASK:-}" ] || recipe_kv
+    args+=(--workers "${SLURM_CPUS_PER_TASK:-${KV_cpus_per_task:-1}}")
   fi
   BINDS=$REPO
   if [ -n "${IMGTRAIN_SIF:-}" ]; then

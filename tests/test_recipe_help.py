@@ -62,3 +62,24 @@ def test_launcher_help_and_usage_errors_are_unchanged():
     assert proc.returncode == 0 and "Environment:" in proc.stdout
     assert help_of(ROOT / "slurm/train.sbatch").returncode == 2  # no CONFIG: still a usage error
     assert help_of(ROOT / "slurm/pack_shards.sbatch", "ava").returncode == 2
+
+
+def test_recipe_help_needs_only_the_standard_library():
+    """imgtrain/recipe.py writes the help: with site-packages off (-S: no yaml, no torch, no venv) it prints
+    exactly what `bash slurm/<recipe>.sbatch --help` prints, so the help works on a fresh clone."""
+    import sys
+    recipe = ROOT / "slurm/ava_vit.sbatch"
+    proc = subprocess.run([sys.executable, "-S", "-m", "imgtrain.recipe", "help", "slurm/ava_vit.sbatch",
+                           "--config", fixed_config(recipe)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == help_of(recipe, "--help").stdout
+    proc = subprocess.run([sys.executable, "-S", "-m", "imgtrain.recipe", "resources", "slurm/ava_vit.sbatch"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines()[:3] == ["nodes=1", "cpus_per_task=32", "gpus=4"], proc.stderr
+
+
+@pytest.mark.parametrize("value,count", [("4", 4), ("a100:4", 4), ("gpu:a100:4", 4), ("0,1,2", 3), ("", None),
+                                         ("NoDevFiles", None)])
+def test_gpu_counts_read_like_slurm(value, count):
+    from imgtrain.recipe import count_gpus
+    assert count_gpus(value) == count
