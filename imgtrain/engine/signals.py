@@ -49,6 +49,11 @@ def catch_early() -> None:
         _before_early[s] = signal.signal(s, _record_early)
 
 
+def early_signal() -> int | None:
+    """The stop signal catch_early() has recorded and no StopRequest has taken yet (None: none)."""
+    return _early[0] if _early else None
+
+
 class StopRequest:
     def __init__(self):
         self.signum: int | None = None

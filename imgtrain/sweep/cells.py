@@ -26,14 +26,27 @@ def _suggest(key: str, known: Sequence[str]) -> str:
 
 @dataclass
 class Halving:
+    """A rung schedule: `halving` (synchronous successive halving, halving.py: keep a fraction per rung) or
+    `asha` (asynchronous successive halving, asha*.py: promote the top 1/eta of each rung as results come)."""
     rungs: list[int]
     keep: float
     metric: Optional[str] = None  # default: the cells' trainer.monitor
     mode: Optional[str] = None  # max | min; default from the metric
+    kind: str = "halving"  # halving | asha
+    eta: Optional[float] = None  # asha: the reduction factor
 
     @property
     def final(self) -> int:
         return self.rungs[-1]
+
+    @property
+    def asha(self) -> bool:
+        return self.kind == "asha"
+
+    def record(self) -> dict:
+        """What sweep.json keeps (from_record reads it back)."""
+        return {"rungs": self.rungs, "keep": self.keep, "metric": self.metric, "mode": self.mode,
+                "kind": self.kind, "eta": self.eta}
 
     def keep_count(self, n: int) -> int:
         return max(1, math.ceil(n * self.keep - 1e-9)) if n else 0

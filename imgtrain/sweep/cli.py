@@ -17,9 +17,12 @@ examples:
   python jobs/sweep.py status jobs/grids/cifar10_mlp.yaml data.path=/data/cifar10
   python jobs/sweep.py status cifar10_mlp --root runs-root     (by name, from <root>/sweeps/<name>)
   python jobs/sweep.py cancel cifar10_mlp
+  python jobs/sweep.py jobs/grids/digits_mlp_asha.yaml --executor local --parallel 2   (ASHA: returns at once)
 
 Submitting again is safe: done, pruned, queued and running cells are skipped; stopped cells resume
 from last.pt; failed cells run again only with --retry-failed; new grid values add only new cells.
+schedule: asha submits its workers (a SLURM array, or detached local processes) and returns; they finish
+the sweep with nobody watching; `status` shows each rung's results, promotions and pruning.
 Runs land in <root>/runs/<sweep name>-<cell id>; <root> is --root, else output.root, else $IMGTRAIN_ROOT,
 else the current directory. Sweep records: <root>/sweeps/<name>/.
 exit status: 0 ok, 1 a cell run by this command failed (local/debug) or halving cannot go on now,
@@ -182,7 +185,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
                    preflight=not args.no_preflight)
     say(S.header(sweep))
     try:
-        if sweep.halving:
+        if sweep.halving and sweep.halving.asha:
+            from imgtrain.sweep import asha
+            return asha.submit(sweep, opts)  # the workers finish the sweep: nothing waits here
+        elif sweep.halving:
             from imgtrain.sweep import halving
             rc = halving.run(sweep, opts)
         else:

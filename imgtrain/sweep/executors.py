@@ -154,8 +154,7 @@ def save_info(records: SweepDir, sweep: Sweep) -> None:
         "name": sweep.name, "file": str(Path(sweep.path).resolve()) if sweep.path else None, "config": str(sweep.config_path),
         "root": str(sweep.root), "axes": sweep.axes, "shared_overrides": sweep.shared_overrides,
         "cli_overrides": sweep.cli_overrides,
-        "halving": None if not sweep.halving else {"rungs": sweep.halving.rungs, "keep": sweep.halving.keep,
-                                                   "metric": sweep.halving.metric, "mode": sweep.halving.mode},
+        "halving": None if not sweep.halving else sweep.halving.record(),
         "updated": now_iso(),
         "cells": [{"id": c.id, "run_id": c.run_id, "config_hash": c.config_hash, "values": c.values,
                    "resources": c.cell_resources, "overrides": c.overrides} for c in sweep.cells]})

@@ -157,6 +157,7 @@ def from_record(info: dict) -> Sweep:
         cells.append(Cell(i, rec["id"], rec["run_id"], rec["values"], {**RESOURCE_DEFAULTS, **rec.get("resources", {})},
                           cfg, rec["config_hash"], rec["overrides"], "record", rec.get("resources", {})))
     h = info.get("halving")
-    halving = Halving(h["rungs"], h["keep"], h.get("metric"), h.get("mode")) if h else None
+    halving = Halving(h["rungs"], h["keep"], h.get("metric"), h.get("mode"), h.get("kind", "halving"),
+                      h.get("eta")) if h else None
     return Sweep(info["name"], None, config_path, Path(info["root"]), cells, info.get("shared_overrides", []),
                  dict(RESOURCE_DEFAULTS), halving, info.get("axes", []), [], None, info.get("cli_overrides", []))

@@ -118,21 +118,30 @@ class CellJob(Checkpointable):
         if rung is not None and epochs_done(run_dir) >= rung:
             _say(f"paused after epoch {rung} (successive halving rung)")
             return {"status": "PAUSED", "run_dir": str(run_dir), "rung": rung}
-        task = launch.requeue_target()
-        if task is None:  # not under SLURM: whoever started us starts us again
-            return {"status": runs.STOPPED, "run_dir": str(run_dir)}
-        if int(os.environ.get("SLURM_PROCID", "0")) == 0:
-            state = launch.job_state(task)
-            restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-            verdict = launch.decide(run_dir, job_id=os.environ.get("SLURM_JOB_ID"), attempts_before=attempts_before,
-                                    exit_code=REQUEUE_EXIT_CODE, stop=launch.stop_of_signal(state))
-            if verdict != "requeue":
-                _say(f"stopped after writing last.pt; SLURM is ending {task} (state {state}): it requeues it or not")
-            elif restarts >= self.max_requeues:
-                _say(f"stopped; not requeueing {task}: it restarted {restarts} times (max_requeues)")
-            elif launch.requeue(task, f"stopped after writing last.pt (restart {restarts + 1})"):
-                _say(f"stopped after writing last.pt; requeued {task} (restart {restarts + 1})")
-        # leave without a result: submitit must not see this attempt as the job's outcome
-        sys.stdout.flush()
-        sys.stderr.flush()
-        raise SystemExit(REQUEUE_EXIT_CODE)
+        return requeue_after_stop(run_dir, attempts_before, self.max_requeues)
+
+
+def requeue_after_stop(run_dir: Optional[Path], attempts_before: int, max_requeues: int) -> dict:
+    """A sweep task stopped by a signal after writing last.pt: requeue this SLURM task (array element) or
+    not, as imgtrain.launch decides for sbatch jobs, then leave without a result (SystemExit 75: submitit
+    must not see this attempt as the job's outcome). Not under SLURM: returns STOPPED (whoever started us
+    starts us again). `run_dir` None: stopped between runs (an ASHA worker), nothing to decide on."""
+    task = launch.requeue_target()
+    if task is None:
+        return {"status": runs.STOPPED, "run_dir": str(run_dir) if run_dir else None}
+    if int(os.environ.get("SLURM_PROCID", "0")) == 0:
+        state = launch.job_state(task)
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        stop = launch.stop_of_signal(state)
+        verdict = launch.decide(run_dir, job_id=os.environ.get("SLURM_JOB_ID"), attempts_before=attempts_before,
+                                exit_code=REQUEUE_EXIT_CODE, stop=stop) if run_dir else \
+            ("requeue" if stop == "requeue" else stop)
+        if verdict != "requeue":
+            _say(f"stopped after writing last.pt; SLURM is ending {task} (state {state}): it requeues it or not")
+        elif restarts >= max_requeues:
+            _say(f"stopped; not requeueing {task}: it restarted {restarts} times (max_requeues)")
+        elif launch.requeue(task, f"stopped after writing last.pt (restart {restarts + 1})"):
+            _say(f"stopped after writing last.pt; requeued {task} (restart {restarts + 1})")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    raise SystemExit(REQUEUE_EXIT_CODE)

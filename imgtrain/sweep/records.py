@@ -6,6 +6,8 @@ queued or running is never submitted twice, and so that `status` and `cancel` fi
                        local sweep process and its children (pid + start time, so a reused pid is not
                        mistaken for ours), rung (successive halving)
     halving.json       rung decisions (halving.py)
+    asha.json          the ASHA ledger: results per rung, promotions, pruning, claims (asha_rules.py), and
+    asha.lock          its lock (asha_ledger.py)
     submitit/<n>/      submitit's pickles and logs of submission n (a fresh folder each time: SLURM job
                        ids restart at 1 on a fresh cluster, and submitit would read a stale result)
     logs/<run_id>.log  output of a cell run by the local executor
@@ -161,6 +163,8 @@ class SweepDir:
         states = slurm.states([str(j) for s in arrays for j in s.get("job_ids", [])], job_name(self.name)) \
             if arrays else {}
         for s in subs:
+            if s.get("schedule") == "asha":
+                continue  # its workers take cells as they go: the ledger says which (below)
             if s.get("executor") == "slurm":
                 for cell, jid in s.get("tasks", {}).items():
                     st = states.get(jid)
@@ -179,6 +183,30 @@ class SweepDir:
                     running = child or (s.get("executor") == "debug" and bool(c.get("start")))
                     out[cell] = {"state": "running" if running else "pending",
                                  "job": f"pid {c.get('pid') or s.get('pid')}", "submission": s["n"]}
+        asha = [s for s in subs if s.get("schedule") == "asha"]
+        if asha:
+            out.update(self._asha_active(states, asha[-1]["n"]))
+        return out
+
+    def _asha_active(self, states: dict[str, str], submission: int) -> dict[str, dict[str, Any]]:
+        """Cells an ASHA worker holds in the ledger (asha.json), while that worker is alive."""
+        from imgtrain.sweep.asha_ledger import Ledger
+        ledger = Ledger(self.path).read() or {"cells": {}}
+        out: dict[str, dict[str, Any]] = {}
+        for cid, c in ledger["cells"].items():
+            worker = c.get("worker")
+            if c.get("state") != "training" or not worker:
+                continue
+            if worker.startswith("local:"):
+                _, host, pid, start = worker.split(":", 3)
+                st, alive = None, proc_alive(int(pid), None if start == "None" else start, host)
+                job = f"pid {pid}"
+            else:
+                st = states.get(worker)
+                alive, job = st in SLURM_ACTIVE, worker
+            if alive:
+                out[cid] = {"state": "pending" if st in SLURM_ACTIVE_PENDING else "running", "job": job,
+                            "slurm_state": st, "submission": submission}
         return out
 
 

@@ -11,9 +11,10 @@ A sweep file names a base config and how cells differ from it:
     include: [{optim.name: adamw, model.depth: 2}]             # extra cells
     seeds: [0, 1]                          # or repeats: 2  (trainer.seed of each cell)
     resources: {partition: gpu, gpus_per_node: 1, time: 240}  # SLURM, for every cell
-    schedule: halving                      # successive halving (halving.py)
+    schedule: halving                      # successive halving (halving.py), or asha (asha.py)
     rungs: [1, 2, 4]                       # epochs of each rung; the last is trainer.epochs
-    keep: 0.5                              # fraction kept at each rung
+    keep: 0.5                              # halving: fraction kept at each rung
+    eta: 3                                 # asha: promote the top 1/eta of each rung (default 3)
 
 An axis key is a config key (checked with config.check_key: unknown keys are errors with a close
 match) or `resources.<name>` (per-cell SLURM resources; cells with different resources go to
@@ -52,7 +53,7 @@ __all__ = ["REPO", "SPEC_KEYS", "Cell", "Halving", "SpecError", "Sweep", "build"
 REPO = Path(__file__).resolve().parents[2]
 
 SPEC_KEYS = ("name", "description", "config", "overrides", "grid", "zip", "include", "exclude", "seeds",
-             "repeats", "resources", "schedule", "rungs", "keep", "metric", "mode")
+             "repeats", "resources", "schedule", "rungs", "keep", "eta", "metric", "mode")
 
 
 def _resolve_config_path(config: str, spec_path: Optional[Path]) -> Path:
@@ -137,27 +138,37 @@ def _partial_cells(entries: Any, where: str) -> list[dict[str, Any]]:
 
 def _halving(raw: dict, where: str) -> Optional[Halving]:
     sched = raw.get("schedule")
-    rungs, keep = raw.get("rungs"), raw.get("keep")
+    rungs, keep, eta = raw.get("rungs"), raw.get("keep"), raw.get("eta")
     metric, mode = raw.get("metric"), raw.get("mode")
     if isinstance(sched, dict):
-        extra = set(sched) - {"name", "rungs", "keep", "metric", "mode"}
+        extra = set(sched) - {"name", "rungs", "keep", "eta", "metric", "mode"}
         if extra:
-            raise SpecError(f"{where}: unknown schedule key '{sorted(extra)[0]}' (name, rungs, keep, metric, mode)")
-        rungs, keep = sched.get("rungs", rungs), sched.get("keep", keep)
+            raise SpecError(f"{where}: unknown schedule key '{sorted(extra)[0]}' (name, rungs, keep, eta, metric, "
+                            "mode)")
+        rungs, keep, eta = sched.get("rungs", rungs), sched.get("keep", keep), sched.get("eta", eta)
         metric, mode = sched.get("metric", metric), sched.get("mode", mode)
         sched = sched.get("name", "halving")
     if sched is None:
-        for k in ("rungs", "keep", "metric", "mode"):
+        for k in ("rungs", "keep", "eta", "metric", "mode"):
             if raw.get(k) is not None:
-                raise SpecError(f"{where}: '{k}' needs schedule: halving")
+                raise SpecError(f"{where}: '{k}' needs schedule: halving or asha")
         return None
-    if sched != "halving":
-        raise SpecError(f"{where}: schedule: {sched!r} is not known (only 'halving')")
+    if sched not in ("halving", "asha"):
+        raise SpecError(f"{where}: schedule: {sched!r} is not known (halving or asha)")
     if not isinstance(rungs, list) or not rungs or not all(isinstance(r, int) and not isinstance(r, bool)
                                                           and r > 0 for r in rungs):
-        raise SpecError(f"{where}: schedule: halving needs rungs: a list of positive epoch counts, got {rungs!r}")
+        raise SpecError(f"{where}: schedule: {sched} needs rungs: a list of positive epoch counts, got {rungs!r}")
     if any(b <= a for a, b in zip(rungs, rungs[1:])):
         raise SpecError(f"{where}: rungs must increase, got {rungs}")
+    if sched == "asha":
+        if keep is not None:
+            raise SpecError(f"{where}: schedule: asha promotes the top 1/eta of each rung; use eta: instead of keep:")
+        eta = 3 if eta is None else eta
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 1:
+            raise SpecError(f"{where}: eta must be a number greater than 1 (3: the top third goes on), got {eta!r}")
+        keep = 1.0 / eta
+    elif eta is not None:
+        raise SpecError(f"{where}: eta needs schedule: asha (schedule: halving keeps keep: of each rung)")
     if keep is None:
         keep = 0.5
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep < 1:
@@ -166,7 +177,7 @@ def _halving(raw: dict, where: str) -> Optional[Halving]:
         raise SpecError(f"{where}: mode must be max or min, got {mode!r}")
     if metric is not None and (not isinstance(metric, str) or "/" not in metric):
         raise SpecError(f"{where}: metric must be split/name (val/acc1), got {metric!r}")
-    return Halving(list(rungs), float(keep), metric, mode)
+    return Halving(list(rungs), float(keep), metric, mode, sched, None if eta is None else float(eta))
 
 
 def load_spec(path: str | os.PathLike, cli_overrides: Sequence[str] = (), root: Optional[str] = None) -> Sweep:

@@ -10,7 +10,7 @@ Cell states:
              cancelled, or paused at a halving rung): submitting the sweep again resumes it from last.pt
     done     DONE marker
     failed   FAILED marker (the reason is in it); submitted again only with --retry-failed
-    pruned   PRUNED marker: stopped by successive halving (the reason is in it)
+    pruned   PRUNED marker: stopped by successive halving or ASHA (the reason is in it)
     changed  the run directory holds another config hash than the sweep gives this cell now (the base
              config or shared overrides changed): never submitted; use a new sweep name
 """
@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence
 
 from imgtrain import runs
 from imgtrain.runs import DONE, FAILED, INCOMPLETE, NEW, PRUNED, read_pruned
-from imgtrain.sweep.records import SlurmQuery, SweepDir
+from imgtrain.sweep.records import SLURM_ACTIVE, SlurmQuery, SweepDir
 from imgtrain.sweep.spec import Cell, Sweep
 
 STATES = ("new", "pending", "running", "stopped", "done", "failed", "pruned", "changed")
@@ -193,7 +193,8 @@ def header(sweep: Sweep) -> str:
              f"root {sweep.root}"]
     if sweep.halving:
         h = sweep.halving
-        parts.append(f"successive halving rungs {h.rungs} keep {h.keep:g}")
+        parts.append(f"asynchronous successive halving (ASHA) rungs {h.rungs} eta {h.eta:g}" if h.asha else
+                     f"successive halving rungs {h.rungs} keep {h.keep:g}")
     return " | ".join(parts)
 
 
@@ -217,6 +218,9 @@ def print_status(sweep: Sweep, *, out=None, slurm: Optional[SlurmQuery] = None) 
         if st.state in ("failed", "pruned", "changed") and st.reason:
             print(f"  {st.cell.id} {st.state}: {st.reason}", file=out)
     print(format_counts(counts(states)), file=out)
+    if sweep.halving and sweep.halving.asha:
+        from imgtrain.sweep.asha import print_rungs
+        print_rungs(sweep, out=out)
     if slurm.error:
         print(f"(SLURM state unavailable: {slurm.error})", file=out)
     return states
@@ -246,6 +250,18 @@ def cancel(sweep: Sweep, *, out=None, slurm: Optional[SlurmQuery] = None) -> int
                         pids.append(c["pid"])  # SIGTERM: the run writes last.pt and exits 75
                 if proc_alive(s.get("pid"), s.get("pid_start"), s.get("host")):
                     pids.append(s["pid"])  # the sweep process forwards it and starts nothing more
+        for s in subs:  # ASHA workers, busy or not: the array (or process) itself
+            if s.get("schedule") != "asha":
+                continue
+            if s.get("executor") == "slurm":
+                live = slurm.states(s.get("job_ids", []), None)
+                extra = sorted({k.split("_")[0] for k, v in live.items() if v in SLURM_ACTIVE} - set(jobs))
+                if extra:
+                    slurm.cancel(extra)
+                    jobs += extra
+            else:
+                pids += [w["pid"] for w in s.get("workers", [])
+                         if proc_alive(w["pid"], w.get("pid_start"), w.get("host")) and w["pid"] not in pids]
         for pid in pids:
             try:
                 os.kill(pid, _signal.SIGTERM)
