@@ -91,7 +91,7 @@ def mark_pruned_runs(sweep, ledger: dict) -> None:
     for cid, c in ledger["cells"].items():
         if c["state"] == R.PRUNED and cid in by_id:
             rdir = sweep.run_dir(by_id[cid])
-            if runs.read_status(rdir) != runs.PRUNED and rdir.is_dir():
+            if rdir.is_dir() and runs.run_status(rdir) != runs.PRUNED:
                 runs.mark_pruned(rdir, R.prune_marker(ledger, cid))
 
 
