@@ -6,6 +6,9 @@ lines, read here once:
 
     python -m imgtrain.recipe resources slurm/ava_vit.sbatch     key=value lines for the launcher
     python -m imgtrain.recipe help slurm/ava_vit.sbatch [--config FILE] [--pack]
+    python -m imgtrain.recipe dry-run RECIPE key=value ... --overrides ... -- STEP ...
+                                     the report of `IMGTRAIN_DRY_RUN=1 bash slurm/<recipe>.sbatch ...`: what
+                                     launch.sh found (key=value facts) and the srun line it built (STEP)
 
 Standard library only: `bash slurm/<recipe>.sbatch --help` works before the venv exists. The knobs and the signal rules printed by `--help` are the sections of launch.sh's own header, so the
 script and its help cannot drift apart.
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -134,7 +139,56 @@ def help_text(recipe: str | Path, *, config: Optional[str] = None, pack: bool = 
     return "\n".join(out) + "\n"
 
 
+def dry_run_text(recipe: Optional[str], facts: dict[str, str], overrides: list[str], step: list[str]) -> str:
+    """What a training job would run: the run, where its resources come from, the container, the srun line."""
+    f = facts
+    res = recipe_resources(recipe) if recipe and Path(recipe).is_file() else {"output": "", "error": ""}
+    nodes, nproc = int(f["nodes"]), int(f["nproc"])
+    logs = (res["output"] or "slurm-JOB_ID.out") + (f" and {res['error']}" if res["error"] else "")
+    if f.get("sif"):
+        container = f"{f['sif']}: apptainer exec --nv --bind {f['binds']}" + \
+            ("" if shutil.which("apptainer") else " (apptainer is not installed here)")
+    else:
+        container = "none (IMGTRAIN_SIF=path.sif runs every step in Apptainer)"
+    lines = [
+        "imgtrain launch, dry run: nothing is started",
+        f"  repository   {f['repo']}",
+        f"  config       {f['config']}" + (f" {shlex.join(overrides)}" if overrides else ""),
+        f"  run          {f['run_id']} ({f['status']}, {f['attempts']} attempt(s) so far; "
+        f"trainer.max_attempts={f['max_attempts']})",
+        f"  run dir      {f['run_dir']}",
+        *([f"  array task   {f['array_note']}"] if f.get("array_note") else []),
+        f"  data         {f['data']}",
+        f"  nodes        {nodes} ({f['source_nodes']})",
+        f"  procs/node   {nproc} ({f['source_nproc']}); world size {nodes * nproc}; OMP_NUM_THREADS={f['omp']} "
+        f"({f['cpus']} CPUs per task / {nproc})",
+        f"  rendezvous   c10d at {f['head']}:{f['port']} (first node of `scontrol show hostnames`, port 20000 + "
+        "job id % 20000)",
+        f"  logs         {logs} (#SBATCH --output/--error, relative to the submit directory), linked into "
+        f"{f['run_dir']}/logs/",
+        f"  container    {container}",
+        f"  signals      USR1/TERM -> the workers write last.pt and exit 75 -> scontrol requeue {f['job']} (an array "
+        "task: only that task); failures: requeue until trainer.max_attempts, then FAILED",
+        "the batch script runs:",
+        f"  OMP_NUM_THREADS={f['omp']} {shlex.join(step)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _dry_run_main(argv: list[str]) -> int:
+    """dry-run RECIPE key=value ... --overrides OVERRIDE ... -- STEP ...: argparse cannot tell the three apart."""
+    if "--" not in argv or "--overrides" not in argv or not argv:
+        raise SystemExit("usage: python -m imgtrain.recipe dry-run RECIPE key=value ... --overrides ... -- STEP ...")
+    recipe, rest = argv[0], argv[1:]
+    cut, sep = rest.index("--overrides"), rest.index("--")
+    facts = dict(a.split("=", 1) for a in rest[:cut])
+    sys.stdout.write(dry_run_text(recipe or None, facts, rest[cut + 1:sep], rest[sep + 1:]))
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["dry-run"]:
+        return _dry_run_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m imgtrain.recipe", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("resources", help="the recipe's #SBATCH resources as key=value lines (dry runs)")

@@ -86,8 +86,8 @@ usage() {
   sed -n '2,/^set -uo/p' "$SELF" | sed '$d; s/^# \{0,1\}//'
 }
 
-recipe_py() { # recipe_py help|resources RECIPE [...]: imgtrain/recipe.py (standard library only, so
-  # a recipe's --help works before the venv exists)
+recipe_py() { # recipe_py help|resources|dry-run RECIPE [...]: imgtrain/recipe.py (standard library only,
+  # so a recipe's --help works before the venv exists)
   PYTHONPATH="$REPO${PYTHONPATH:+:${PYTHONPATH}}" "$(python_bin)" -m imgtrain.recipe "$@"
 }
 
@@ -462,28 +462,13 @@ main_train() {
     --cpus-per-task="${CPUS}" bash "${SELF}" --node "${torchrun[@]}")
 
   if [ "${DRY_RUN}" = 1 ]; then
-    recipe_kv # the #SBATCH --output/--error the job would log to
-    local outp=${KV_output} errp=${KV_error}
-    echo "imgtrain launch, dry run: nothing is started"
-    echo "  repository   ${REPO}"
-    echo "  config       ${CONFIG}${OVERRIDES[*]:+ $(quoted "${OVERRIDES[@]}")}"
-    echo "  run          ${KV_run_id} (${KV_status}, ${KV_attempts} attempt(s) so far; trainer.max_attempts=${KV_max_attempts})"
-    echo "  run dir      ${KV_run_dir}"
-    [ -z "${ARRAY_NOTE}" ] || echo "  array task   ${ARRAY_NOTE}"
-    echo "  data         ${KV_data_path}"
-    echo "  nodes        ${NNODES} (${SOURCE_NODES})"
-    echo "  procs/node   ${NPROC} (${SOURCE_NPROC}); world size $((NNODES * NPROC)); OMP_NUM_THREADS=${OMP} (${CPUS} CPUs per task / ${NPROC})"
-    echo "  rendezvous   c10d at ${HEAD}:${PORT} (first node of \`scontrol show hostnames\`, port 20000 + job id % 20000)"
-    echo "  logs         ${outp:-slurm-JOB_ID.out}${errp:+ and ${errp}} (#SBATCH --output/--error, relative to the submit directory), linked into ${KV_run_dir}/logs/"
-    if [ -n "${IMGTRAIN_SIF:-}" ]; then
-      echo "  container    ${IMGTRAIN_SIF}: apptainer exec --nv --bind ${BINDS}$(command -v apptainer >/dev/null 2>&1 || printf ' (apptainer is not installed here)')"
-    else
-      echo "  container    none (IMGTRAIN_SIF=path.sif runs every step in Apptainer)"
-    fi
-    echo "  signals      USR1/TERM -> the workers write last.pt and exit 75 -> scontrol requeue ${JOB} (an array task: only that task); failures: requeue until trainer.max_attempts, then FAILED"
-    echo "the batch script runs:"
-    echo "  OMP_NUM_THREADS=${OMP} $(quoted "${step[@]}")"
-    exit 0
+    # the report: imgtrain/recipe.py (what this script found, and the srun line it built)
+    recipe_py dry-run "${RECIPE}" "repo=${REPO}" "config=${CONFIG}" "run_id=${KV_run_id}" "status=${KV_status}" \
+      "attempts=${KV_attempts}" "max_attempts=${KV_max_attempts}" "run_dir=${KV_run_dir}" "array_note=${ARRAY_NOTE}" \
+      "data=${KV_data_path}" "nodes=${NNODES}" "source_nodes=${SOURCE_NODES}" "nproc=${NPROC}" \
+      "source_nproc=${SOURCE_NPROC}" "omp=${OMP}" "cpus=${CPUS}" "head=${HEAD}" "port=${PORT}" "job=${JOB}" \
+      "sif=${IMGTRAIN_SIF:-}" "binds=${BINDS}" --overrides "${OVERRIDES[@]}" -- "${step[@]}"
+    exit $?
   fi
 
   export OMP_NUM_THREADS=${OMP}
