@@ -203,13 +203,13 @@ def test_ddp_cells_are_refused_before_anything_is_submitted(digits_shards, tmp_p
 
 # ----------------------------------------------------------------------------------------- local
 
-def asha_spec(path: Path, data: Path, name: str, n_lr: int, **extra) -> Path:
+def asha_spec(path: Path, data: Path, name: str, n_lr: int, rungs=(1, 2, 3), batch=64, **extra) -> Path:
     lrs = [0.0005, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2][:n_lr]
     path.write_text(yaml.safe_dump({
         "name": name, "config": str(CFG),
-        "overrides": {"data.path": str(data), "data.batch_size": 64, "data.num_workers": 0},
+        "overrides": {"data.path": str(data), "data.batch_size": batch, "data.num_workers": 0},
         "grid": {"optim.lr": lrs, "model.width": [[16], [32]]},
-        "schedule": "asha", "rungs": [1, 2, 3], "eta": 2, **extra}, sort_keys=False))
+        "schedule": "asha", "rungs": list(rungs), "eta": 2, **extra}, sort_keys=False))
     return path
 
 
@@ -253,10 +253,13 @@ def test_local_asha_runs_to_the_end_detached_and_survives_a_worker_killed(digits
         data = Ledger(sweep_dir).read() or {"cells": {}}
         return [cid for cid, c in data["cells"].items()
                 if c["state"] == "training" and c["worker"] and f":{workers[0]['pid']}:" in c["worker"]]
-    deadline = time.time() + 120
-    while not claimed() and time.time() < deadline:
-        time.sleep(0.05)
-    victim = claimed()
+    deadline, victim = time.time() + 120, []
+    while not victim and time.time() < deadline:
+        os.kill(workers[0]["pid"], signal.SIGSTOP)  # frozen, its claim cannot change while we look
+        victim = claimed()
+        if not victim:
+            os.kill(workers[0]["pid"], signal.SIGCONT)
+            time.sleep(0.05)
     assert victim, "worker 0 never held a cell"
     os.killpg(workers[0]["pid"], signal.SIGKILL)
     from imgtrain.sweep.records import proc_alive
@@ -282,7 +285,9 @@ def test_slurm_asha_sixteen_cells_four_workers_one_requeued_mid_rung(digits_shar
                                                                      monkeypatch):
     slurm_cluster.activate(monkeypatch)
     root = tmp_path / "root"
-    path = asha_spec(tmp_path / "s.yaml", digits_shards, "sa", 8,
+    # rungs of 2, 4 and 6 epochs at batch 8: a worker holds a cell for seconds at a time, so the requeue
+    # below lands while it trains one (mid-rung), not in the milliseconds between two
+    path = asha_spec(tmp_path / "s.yaml", digits_shards, "sa", 8, rungs=(2, 4, 6), batch=8,
                      resources={"time": 20, "array_parallelism": 4, "cpus_per_task": 1})
     sweep_dir = root / "sweeps/sa"
     proc = run_cmd([*SWEEP, path, "--root", root, "--partition", slurm_cluster.partition], env=slurm_cluster.env,
@@ -313,4 +318,4 @@ def test_slurm_asha_sixteen_cells_four_workers_one_requeued_mid_rung(digits_shar
     sweep = S.load_spec(path, root=str(root))
     check_run_dirs(root, sweep, data)
     status = run_cmd([*SWEEP, "status", "sa", "--root", root], env=slurm_cluster.env)
-    assert "eta 2: finished" in status.stdout and "rung 1/3 (epoch 1): 16 result(s), top 8 go on" in status.stdout
+    assert "eta 2: finished" in status.stdout and "rung 1/3 (epoch 2): 16 result(s), top 8 go on" in status.stdout
