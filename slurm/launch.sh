@@ -363,7 +363,7 @@ resources() { # NNODES NPROC CPUS OMP HEAD PORT JOB (placeholders in a dry run o
   [ "${OMP}" -ge 1 ] || OMP=1
 }
 
-recipe_kv() { # the recipe's #SBATCH resources -> KV_nodes, KV_cpus_per_task, KV_gpus, KV_output, KV_error
+recipe_kv() { # the recipe's #SBATCH resources -> KV_nodes, KV_cpus_per_task, KV_gpus
   [ -n "${RECIPE}" ] && [ -r "${RECIPE}" ] || return 0
   read_kv "$(recipe_py resources "${RECIPE}")"
 }
@@ -384,7 +384,7 @@ expand_array_task() { # %a in OVERRIDES -> the array task id (task 0 in a dry ru
 }
 
 # what `python -m imgtrain.launch paths/check` and `python -m imgtrain.recipe resources` print
-KV_nodes="" KV_cpus_per_task="" KV_gpus="" KV_output="" KV_error=""
+KV_nodes="" KV_cpus_per_task="" KV_gpus=""
 KV_run_id="" KV_run_dir="" KV_status="" KV_attempts=0 KV_max_attempts=5 KV_data_path="" KV_output_root=""
 KV_pretrained_path=""
 read_kv() { # read_kv TEXT: key=value lines -> KV_<key> variables
