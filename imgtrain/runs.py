@@ -115,6 +115,11 @@ def clear_markers(rdir: str | os.PathLike) -> None:
         _remove(Path(rdir) / name)
 
 
+def clear_pruned(rdir: str | os.PathLike) -> None:
+    """Take back a sweep's PRUNED verdict (an ASHA rung reopened: the cell is paused again, not stopped)."""
+    _remove(Path(rdir) / PRUNED)
+
+
 def _names(rdir: Path) -> set[str]:
     return {n for n in (PRUNED, DONE, FAILED, RUN_JSON) if (rdir / n).is_file()}
 

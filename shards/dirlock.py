@@ -13,13 +13,16 @@ that was killed leaves its file behind, so a lock is *stale*, and is taken over,
 - SLURM says the holder's job is no longer running, or
 - its heartbeat (the file's mtime, touched every `heartbeat_s`) is older than `stale_after_s`: a holder on
   another node that can no longer be asked.
-Taking over renames the stale file away first (rename is atomic: of two processes taking over at once, one
-wins the rename, the other finds the new holder's file).
+Taking over renames the stale file aside first (rename is atomic: of two processes taking over at once, one
+wins the rename) and then checks that the file it moved is the one it judged (inode and holder token): a
+process that judged the old holder, but renamed only after another had already taken over and created its
+own lock, puts that live lock back and starts over.
 """
 from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import threading
@@ -84,6 +87,19 @@ def why_stale(holder: dict, age_s: float, stale_after_s: float) -> Optional[str]
     return None
 
 
+def _same_file(aside: Path, judged: os.stat_result, other: dict) -> bool:
+    """Is the file we renamed aside the one we judged stale? (same inode; same holder token when it had one)"""
+    try:
+        st = aside.stat()
+        if (st.st_ino, st.st_dev) != (judged.st_ino, judged.st_dev):
+            return False
+        if other.get("token"):
+            return json.loads(aside.read_text()).get("token") == other["token"]
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass
 class DirLock:
     path: Path
@@ -98,6 +114,14 @@ class DirLock:
                 os.utime(self.path)
             except OSError:
                 pass  # the next beat tries again; a lost lock file is found by whoever checks it
+
+    def held(self) -> bool:
+        """Does the lock file still name this holder? Checked just before a write that the lock guards: a holder
+        whose heartbeat stalled past `stale_after_s` (a frozen node) may have been taken over."""
+        try:
+            return json.loads(self.path.read_text()).get("token") == self.holder["token"]
+        except (OSError, ValueError):
+            return False
 
     def release(self) -> None:
         self._stop.set()
@@ -128,13 +152,18 @@ def acquire(path: str | os.PathLike, *, what: str = "this directory", heartbeat_
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:
+                judged = path.stat()
                 other = json.loads(path.read_text())
-                age = time.time() - path.stat().st_mtime
+                age = time.time() - judged.st_mtime
             except FileNotFoundError:
                 continue  # released or taken over meanwhile: try again
             except (OSError, ValueError):
                 # being written this instant (a holder creates, then writes), or damaged: judge by age alone
-                other, age = {}, time.time() - path.stat().st_mtime
+                try:
+                    judged = path.stat()
+                except FileNotFoundError:
+                    continue
+                other, age = {}, time.time() - judged.st_mtime
                 if age < 10:
                     time.sleep(0.5)
                     continue
@@ -148,6 +177,17 @@ def acquire(path: str | os.PathLike, *, what: str = "this directory", heartbeat_
                 os.rename(path, aside)
             except FileNotFoundError:
                 continue  # another process took it over first
+            if not _same_file(aside, judged, other):
+                # Between our judgement and the rename another process took the stale lock over and created its
+                # own: we moved a live lock aside. Put it back (link fails if a third process created one
+                # meanwhile; that one's holder then finds it lost its lock, see DirLock.held) and start over.
+                try:
+                    os.link(aside, path)
+                except OSError:
+                    pass
+                aside.unlink(missing_ok=True)
+                time.sleep(random.uniform(0.01, 0.1))
+                continue
             aside.unlink(missing_ok=True)
             log(f"taking over the lock of {what} from {describe(other) if other else 'nobody'}: {why}")
             continue

@@ -7,7 +7,9 @@ import math
 
 def replay(ledger: dict) -> list[str]:
     """The problems found (empty: every start, promotion and pruning is what ASHA decides at that moment)."""
-    rungs, eta, mode, order = ledger["rungs"], ledger["eta"], ledger["mode"], ledger["order"]
+    rungs, eta, mode = ledger["rungs"], ledger["eta"], ledger["mode"]
+    grids = [e for e in ledger["events"] if e["event"] == "grid"]
+    order = [] if grids else list(ledger["order"])  # the grid as it stood at each event (a resubmission grows it)
     last = len(rungs) - 1
     results: dict[int, dict[str, tuple]] = {k: {} for k in range(len(rungs))}
     promoted: dict[int, list[str]] = {k: [] for k in range(len(rungs))}
@@ -24,11 +26,12 @@ def replay(ledger: dict) -> list[str]:
     def top(k):
         return best_first(k)[:math.floor(len(results[k]) / eta + 1e-9)]
 
-    def candidates(k):
-        return [c for c in top(k) if c not in promoted[k] and where.get(c) == ("paused", k)]
+    def candidates(k):  # a result without a value (no evaluation, NaN) never goes on
+        return [c for c in top(k) if c not in promoted[k] and where.get(c) == ("paused", k)
+                and results[k][c][0] is not None]
 
     def closed(k):
-        if len(started) < len(order):
+        if any(c not in started for c in order):
             return False
         if any(s == "training" and r <= k for s, r in where.values()):
             return False
@@ -36,11 +39,17 @@ def replay(ledger: dict) -> list[str]:
 
     for e in sorted(ledger["events"], key=lambda e: e["seq"]):
         c, k, kind = e["cell"], e["rung"], e["event"]
-        if kind == "start":
+        if kind == "grid":
+            order = list(e["order"])
+            lost = [c for c in started if c not in order]
+            if lost:
+                problems.append(f"seq {e['seq']}: the grid dropped {lost}, which had started")
+        elif kind == "start":
             due = [j for j in range(last) if candidates(j)]
             if due:
                 problems.append(f"seq {e['seq']}: started {c} while rung {due} had a promotion due")
-            if len(started) >= len(order) or c != order[len(started)]:
+            waiting = [x for x in order if x not in started]
+            if not waiting or c != waiting[0]:
                 problems.append(f"seq {e['seq']}: started {c} out of grid order")
             started.append(c)
             where[c] = ("training", 0)
@@ -64,11 +73,19 @@ def replay(ledger: dict) -> list[str]:
         elif kind == "prune":
             if not closed(k):
                 problems.append(f"seq {e['seq']}: pruned {c} at rung {k} before the rung was closed")
-            if c in top(k) or where.get(c) != ("paused", k):
+            if (c in top(k) and results[k][c][0] is not None) or where.get(c) != ("paused", k):
                 problems.append(f"seq {e['seq']}: pruned {c} at rung {k}: in the top or not paused there")
             where[c] = ("pruned", k)
+        elif kind == "unprune":
+            if closed(k) or where.get(c) != ("pruned", k):
+                problems.append(f"seq {e['seq']}: unpruned {c} at rung {k}, which is closed, or it was {where.get(c)}")
+            where[c] = ("paused", k)
         elif kind == "fail":
             where[c] = ("failed", where.get(c, ("", 0))[1])
+        elif kind == "retry":
+            if where.get(c, ("",))[0] != "failed":
+                problems.append(f"seq {e['seq']}: retry of {c}, which was {where.get(c)}")
+            where[c] = ("training", where[c][1])
         elif kind in ("resume", "reclaim"):
             if where.get(c, ("",))[0] != "training":
                 problems.append(f"seq {e['seq']}: {kind} of {c}, which was {where.get(c)}")

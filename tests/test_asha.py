@@ -104,6 +104,83 @@ def test_a_requeued_worker_resumes_its_own_claim_and_a_dead_ones_is_taken_over()
     assert R.next_job(ledger, "7_4", alive=lambda w: True) is None
 
 
+def test_results_without_a_value_never_go_on():
+    ledger = fresh(4, (1, 2), 2.0)
+    for w in ("w0", "w1", "w2", "w3"):
+        R.next_job(ledger, w)
+    for cid, v in (("c00", None), ("c01", 0.5), ("c02", None), ("c03", float("nan"))):
+        R.record_result(ledger, cid, 0, v, worker="w")
+    assert R.top_count(ledger, 0) == 2 and R.promotable(ledger, 0) == ["c01"]  # top 2 holds c01 and a None
+    assert R.next_job(ledger, "w0") == ("c01", 1)
+    R.record_result(ledger, "c01", 1, 0.6, finished=True, worker="w0")
+    assert {c: v["state"] for c, v in ledger["cells"].items()} == {
+        "c00": R.PRUNED, "c01": R.DONE, "c02": R.PRUNED, "c03": R.PRUNED}
+    assert final_problems(ledger) == [] and R.finished(ledger)
+
+
+def test_a_retried_failure_reopens_its_rung_and_its_pruned_cells_wait_again():
+    ledger = fresh(4, (1, 2), 2.0)
+    for w in ("w0", "w1", "w2", "w3"):
+        R.next_job(ledger, w)
+    R.record_result(ledger, "c00", 0, 0.9, worker="w0")
+    R.record_result(ledger, "c01", 0, 0.8, worker="w1")
+    R.record_result(ledger, "c02", 0, 0.1, worker="w2")
+    R.record_failure(ledger, "c03", "RuntimeError: boom", worker="w3")
+    # rung 1 is closed: 3 results, top 1 (c00) goes on, the others are pruned
+    assert [ledger["cells"][c]["state"] for c in ("c01", "c02", "c03")] == [R.PRUNED, R.PRUNED, R.FAILED]
+    assert R.retry_failed(ledger) == ["c03"]
+    assert ledger["cells"]["c01"]["state"] == R.PAUSED and ledger["cells"]["c02"]["state"] == R.PAUSED
+    assert [e["event"] for e in ledger["events"][-3:]] == ["retry", "unprune", "unprune"]
+    assert R.next_job(ledger, "w8") == ("c03", 0) and ledger["events"][-1]["event"] == "reclaim"  # free claim first
+    assert R.next_job(ledger, "w9") == ("c00", 1)
+    R.record_result(ledger, "c03", 0, 0.95, worker="w8")  # 4 results: top 2 now, c03 goes on, c01/c02 pruned
+    assert R.next_job(ledger, "w8") == ("c03", 1)
+    R.record_result(ledger, "c00", 1, 0.7, finished=True, worker="w9")
+    R.record_result(ledger, "c03", 1, 0.8, finished=True, worker="w8")
+    assert final_problems(ledger) == [] and R.finished(ledger)
+    assert ledger["promoted"]["0"] == ["c00", "c03"]
+    assert {c for c, v in ledger["cells"].items() if v["state"] == R.PRUNED} == {"c01", "c02"}
+
+
+def test_a_grown_grid_reopens_rung_one_and_a_changed_cell_is_refused():
+    ledger = fresh(2, (1, 2), 2.0)
+    R.merge_grid(ledger, {"c00": "h0", "c01": "h1"})
+    for w in ("w0", "w1"):
+        R.next_job(ledger, w)
+    R.record_result(ledger, "c00", 0, 0.2, worker="w0")
+    R.record_result(ledger, "c01", 0, 0.9, worker="w1")
+    assert R.next_job(ledger, "w0") == ("c01", 1)
+    assert ledger["cells"]["c00"]["state"] == R.PRUNED
+    before = json.dumps(ledger, sort_keys=True)
+    assert R.merge_grid(ledger, {"c00": "h0", "c01": "CHANGED"}) == ["c01"]
+    assert json.dumps(ledger, sort_keys=True) == before  # refused: nothing changed
+    assert R.merge_grid(ledger, {"c00": "h0", "c01": "h1", "c02": "h2", "c03": "h3"}) == []
+    assert ledger["order"] == ["c00", "c01", "c02", "c03"] and ledger["cells"]["c00"]["state"] == R.PAUSED
+    assert R.next_job(ledger, "w1") == ("c02", 0)
+    assert R.next_job(ledger, "w2") == ("c03", 0)
+    R.record_result(ledger, "c02", 0, 0.5, worker="w1")
+    R.record_result(ledger, "c03", 0, 0.1, worker="w2")  # 4 results, top 2: c01 (promoted) and c02
+    assert R.next_job(ledger, "w1") == ("c02", 1)
+    R.record_result(ledger, "c01", 1, 0.9, finished=True, worker="w0")
+    R.record_result(ledger, "c02", 1, 0.6, finished=True, worker="w1")
+    assert final_problems(ledger) == [] and R.finished(ledger)
+    assert ledger["cells"]["c00"]["state"] == R.PRUNED and ledger["cells"]["c03"]["state"] == R.PRUNED
+    # a cell dropped from the grid before it started leaves the order; one that started stays
+    grown = fresh(3, (1, 2), 2.0)
+    R.next_job(grown, "w0")
+    R.merge_grid(grown, {"c01": None})
+    assert grown["order"] == ["c00", "c01"] and replay(grown) == []
+
+
+def test_release_dead_frees_only_the_claims_of_workers_that_are_gone():
+    ledger = fresh(3, (1, 2), 2.0)
+    for w in ("a", "b", "c"):
+        R.next_job(ledger, w)
+    assert R.release_dead(ledger, lambda w: w != "b") == ["c01"]
+    assert [ledger["cells"][c]["worker"] for c in ("c00", "c01", "c02")] == ["a", None, "c"]
+    assert R.next_job(ledger, "d") == ("c01", 0) and ledger["events"][-1]["event"] == "reclaim"
+
+
 def _hammer(sweep_dir: str, worker: str, seed: int) -> None:
     rng = random.Random(seed)
     ledger = Ledger(sweep_dir)
@@ -139,6 +216,62 @@ def test_concurrent_deciders_never_promote_a_slot_twice(tmp_path):
     assert not (tmp_path / "asha.lock").exists()
 
 
+def _contend(lock_path: str, owner: str, seed: int, rounds: int) -> None:
+    """Take the lock `rounds` times; inside, hold `owner` (created O_EXCL: a second holder at once fails);
+    then release, or half the time die holding it (a dead holder's file, no heartbeat) so that the others
+    race to take a stale lock over."""
+    from shards.dirlock import Locked, acquire
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        while True:
+            try:
+                lock = acquire(lock_path, heartbeat_s=3600, stale_after_s=3600, log=lambda m: None)
+                break
+            except Locked:
+                time.sleep(rng.uniform(0, 0.002))
+        try:
+            fd = os.open(owner, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            Path(owner + f".overlap-{os.getpid()}").touch()
+            raise SystemExit(3)
+        time.sleep(rng.uniform(0, 0.003))
+        os.close(fd)
+        os.unlink(owner)
+        if rng.random() < 0.5:
+            lock.release()
+        else:  # die holding it: the file names a process that is gone (same pid, another start time)
+            lock._stop.set()
+            Path(lock_path).write_text(json.dumps({**lock.holder, "pid_start": "0"}))
+
+
+def test_racing_takeovers_of_a_stale_lock_never_let_two_in(tmp_path):
+    """Six processes taking over stale locks at once: the one that renames a live lock aside (it judged the
+    previous, dead holder) puts it back; never are two inside."""
+    ctx = mp.get_context("fork")
+    lock_path, owner = str(tmp_path / "x.lock"), str(tmp_path / "owner")
+    procs = [ctx.Process(target=_contend, args=(lock_path, owner, i, 60)) for i in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    overlaps = [p.name for p in tmp_path.iterdir() if ".overlap-" in p.name]
+    assert overlaps == [] and [p.exitcode for p in procs] == [0] * 6
+
+
+def test_a_holder_that_lost_its_lock_writes_nothing(tmp_path):
+    from imgtrain.sweep.asha_ledger import LockLost
+    ledger = Ledger(tmp_path)
+    with ledger.transaction(create=lambda: fresh(2, (1, 2), 2.0)):
+        pass
+    before = ledger.path.read_bytes()
+    with pytest.raises(LockLost, match="nothing was written"):
+        with ledger.transaction() as data:
+            R.next_job(data, "w0")
+            # this holder stalled; another judged it stale and took the lock over
+            (tmp_path / "asha.lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "other"}))
+    assert ledger.path.read_bytes() == before
+
+
 def _decide_then_die(sweep_dir: str) -> None:
     ledger = Ledger(sweep_dir)
     with ledger.transaction(before_commit=lambda data: os.kill(os.getpid(), signal.SIGKILL)) as data:
@@ -160,7 +293,7 @@ def test_a_decider_killed_before_its_write_leaves_the_ledger_whole(tmp_path):
     with ledger.transaction(log=said.append) as data:  # ... and taken over: its process is gone
         assert R.next_job(data, "w1") == ("c01", 0)
     assert said and "its process is gone" in said[0]
-    assert [e["worker"] for e in ledger.read()["events"]] == ["w0", "w1"]
+    assert [e["worker"] for e in ledger.read()["events"] if e["event"] != "grid"] == ["w0", "w1"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".asha.json")]  # no temporary file left
 
 
@@ -240,9 +373,9 @@ def test_local_asha_runs_to_the_end_detached_and_survives_a_worker_killed(digits
     root = tmp_path / "root"
     path = asha_spec(tmp_path / "a.yaml", digits_shards, "la", 4)
     sweep_dir = root / "sweeps/la"
-    t0 = time.time()
     proc = run_cmd([*SWEEP, path, "--root", root, "--executor", "local", "--parallel", "2"], timeout=120)
-    assert time.time() - t0 < 60 and "started 2 ASHA worker process(es)" in proc.stdout
+    assert "started 2 ASHA worker process(es)" in proc.stdout
+    assert not R.finished(Ledger(sweep_dir).read())  # it returned while the workers had the sweep to do
     workers = SweepDir(root, "la").submissions()[-1]["workers"]
     # the command has returned: the workers are nobody's children here, in sessions of their own
     for w in workers:
@@ -276,6 +409,12 @@ def test_local_asha_runs_to_the_end_detached_and_survives_a_worker_killed(digits
     before = Ledger(sweep_dir).path.read_bytes()
     again = run_cmd([*SWEEP, path, "--root", root, "--executor", "local", "--parallel", "2"])
     assert "ASHA is finished" in again.stdout and Ledger(sweep_dir).path.read_bytes() == before
+    # the same name with another base config would mix two experiments in one ledger: refused, nothing written
+    info = (sweep_dir / "sweep.json").read_bytes()
+    changed = asha_spec(tmp_path / "b.yaml", digits_shards, "la", 4, batch=32)
+    refused = run_cmd([*SWEEP, changed, "--root", root, "--executor", "local"], check=False)
+    assert refused.returncode == 2 and "use a new sweep name" in refused.stderr, refused.stderr
+    assert (sweep_dir / "sweep.json").read_bytes() == info and Ledger(sweep_dir).path.read_bytes() == before
 
 
 # ----------------------------------------------------------------------------------------- SLURM

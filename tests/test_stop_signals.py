@@ -61,3 +61,23 @@ def test_a_signal_during_start_up_is_named_the_same_way():
     out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60,
                          check=True).stdout
     assert out.strip() == "SIGTERM"
+
+
+def test_a_worker_keeps_signals_between_runs_and_those_a_run_saw_too_late():
+    """catch_early(keep=True) (an ASHA worker: one trainer after another). A signal the trainer's StopRequest
+    took after its last step is handed back at uninstall; one between two runs is recorded, not fatal; the
+    next run's StopRequest starts with it. Without keep, a TERM after uninstall would kill the process."""
+    code = ("import os, signal, sys\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "from imgtrain.engine.signals import StopRequest, catch_early, early_signal\n"
+            "catch_early(keep=True)\n"
+            "stop = StopRequest().install()\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "stop.uninstall()\n"
+            "print(early_signal() == signal.SIGUSR1)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "print(early_signal() == signal.SIGTERM)\n"
+            "print(StopRequest().install().name, early_signal())\n")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    assert out.split() == ["True", "True", "SIGTERM", "None"]

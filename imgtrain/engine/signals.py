@@ -34,15 +34,22 @@ def stronger(current: int | None, signum: int) -> int:
 
 _early: list[int] = []  # a stop signal received before any StopRequest was installed
 _before_early: dict = {}  # the handlers catch_early() replaced
+_keep: list[bool] = [False]  # catch_early(keep=True): record between StopRequests too
 
 
 def _record_early(signum, frame) -> None:
     _early[:] = [stronger(_early[0] if _early else None, signum)]
 
 
-def catch_early() -> None:
+def catch_early(keep: bool = False) -> None:
     """Record USR1/TERM from now on, until a StopRequest takes over (call it before heavy imports).
-    Calling it again changes nothing (the handler it replaced stays the one a StopRequest restores)."""
+    Calling it again changes nothing (the handler it replaced stays the one a StopRequest restores).
+    `keep`: a process that runs one trainer after another (an ASHA worker). A StopRequest's uninstall then
+    puts the recorder back instead of the original handler, and hands it the signal it saw: a signal that
+    arrives between two runs, or that a run saw after its last step (too late to act on), is kept for the
+    process to act on, never lost and never fatal."""
+    if keep:
+        _keep[0] = True
     for s in STOP_SIGNALS:
         if signal.getsignal(s) is _record_early:
             continue
@@ -66,7 +73,9 @@ class StopRequest:
         for s in STOP_SIGNALS:
             previous = signal.signal(s, self._handle)
             # the start-up recorder has done its job: uninstall() restores what was there before it
-            self._previous[s] = _before_early.pop(s, previous) if previous is _record_early else previous
+            if previous is _record_early and not _keep[0]:
+                previous = _before_early.pop(s, previous)
+            self._previous[s] = previous
         if _early and self.signum is None:  # arrived while the process was still starting up
             self.signum = _early.pop()
         return self
@@ -78,6 +87,8 @@ class StopRequest:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+        if _keep[0] and self.signum is not None:  # see catch_early(keep=True)
+            _early[:] = [stronger(_early[0] if _early else None, self.signum)]
 
     @property
     def name(self) -> str:

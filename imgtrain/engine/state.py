@@ -66,6 +66,7 @@ class RunResult:
     status: str  # runs.DONE | runs.STOPPED (exit REQUEUE_EXIT_CODE)
     exit_code: int
     metrics: dict = field(default_factory=dict)
+    stopped_by: str = ""  # STOPPED: "signal" (requeue me) or "pause" (trainer.stop_after_epochs reached)
 
 
 def seed_everything(seed: int) -> None:

@@ -121,11 +121,11 @@ class Trainer(Bookkeeping):
         if reason == "pause":
             self.log(f"paused after epoch {state.epoch} (trainer.stop_after_epochs={pause_at}); checkpoint written, "
                      f"exit {REQUEUE_EXIT_CODE}")
-            return RunResult(self.rdir, STOPPED, REQUEUE_EXIT_CODE)
+            return RunResult(self.rdir, STOPPED, REQUEUE_EXIT_CODE, stopped_by="pause")
         if reason == "signal":
             self.log(f"stopped by {self.stop.name or 'a signal on another rank'} at epoch {state.epoch} step "
                      f"{state.step}; checkpoint written, exit {REQUEUE_EXIT_CODE} (requeue me)")
-            return RunResult(self.rdir, STOPPED, REQUEUE_EXIT_CODE)
+            return RunResult(self.rdir, STOPPED, REQUEUE_EXIT_CODE, stopped_by="signal")
         test_metrics = self.test()
         self.finish(test_metrics)
         return RunResult(self.rdir, DONE, 0, test_metrics)

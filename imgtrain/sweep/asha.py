@@ -26,11 +26,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Optional
 
 from imgtrain.sweep import asha_rules as R
 from imgtrain.sweep.asha_ledger import Ledger
-from imgtrain.sweep.asha_worker import worker_alive
+from imgtrain.sweep.asha_worker import sync_pruned_markers, worker_alive
 from imgtrain.sweep.executors import Options, PreflightError, executor_parameters, preflight, save_info, say
 from imgtrain.sweep.records import SLURM_ACTIVE, SlurmQuery, SweepDir, job_name, now_iso, proc_alive, proc_start
 from imgtrain.sweep.spec import REPO, SpecError, Sweep
@@ -70,25 +70,42 @@ def _live_workers(records: SweepDir, slurm: SlurmQuery) -> list[str]:
     return live
 
 
+def _check_ledger(sweep: Sweep, data: Optional[dict], path) -> None:
+    """A sweep submitted again must keep its schedule (checked before anything is written)."""
+    from imgtrain.sweep.halving import halving_metric
+    if data is None:
+        return
+    h = sweep.halving
+    metric, mode = halving_metric(sweep)
+    if (data["rungs"], data["eta"], data["metric"], data["mode"]) != (h.rungs, h.eta, metric, mode):
+        raise SpecError(f"sweep {sweep.name}: its ledger {path} has rungs {data['rungs']}, eta {data['eta']:g}, "
+                        f"{data['metric']} ({data['mode']}); the sweep file now gives {h.rungs}, {h.eta:g}, "
+                        f"{metric} ({mode}): use a new sweep name")
+    changed = R.changed_cells(data, {c.id: c.config_hash for c in sweep.cells})
+    if changed:
+        raise SpecError(f"sweep {sweep.name}: cell(s) {', '.join(changed[:8])} now give another config than they "
+                        f"were submitted with (the base config or shared overrides changed): their records in "
+                        f"{path} would mix two experiments; use a new sweep name")
+
+
 def _prepare_ledger(sweep: Sweep, records: SweepDir, retry_failed: bool) -> dict:
     from imgtrain.sweep.halving import halving_metric
     h = sweep.halving
     metric, mode = halving_metric(sweep)
-    order = [c.id for c in sweep.cells]
-    with Ledger(records.path).transaction(
-            create=lambda: R.new_ledger(sweep.name, h.rungs, h.eta, metric, mode, order)) as data:
-        if (data["rungs"], data["eta"], data["metric"], data["mode"]) != (h.rungs, h.eta, metric, mode):
-            raise SpecError(f"sweep {sweep.name}: its ledger {records.path / 'asha.json'} has rungs {data['rungs']}, "
-                            f"eta {data['eta']:g}, {data['metric']} ({data['mode']}); the sweep file now gives "
-                            f"{h.rungs}, {h.eta:g}, {metric} ({mode}): use a new sweep name")
-        R.merge_order(data, order)
-        freed = R.release_dead(data, worker_alive)
+    ledger = Ledger(records.path)
+    # who is gone is asked outside the lock (squeue may take seconds): a claim made meanwhile counts as alive
+    before = ledger.read() or {"cells": {}}
+    dead = {c["worker"] for c in before["cells"].values()
+            if c["state"] == R.TRAINING and c["worker"] and not worker_alive(c["worker"])}
+    with ledger.transaction(
+            create=lambda: R.new_ledger(sweep.name, h.rungs, h.eta, metric, mode, [])) as data:
+        _check_ledger(sweep, data, ledger.path)
+        R.merge_grid(data, {c.id: c.config_hash for c in sweep.cells})  # changes were refused by _check_ledger
+        freed = R.release_dead(data, lambda key: key not in dead)
         if freed:
             say(f"freed the cells of workers that are gone: {', '.join(freed)} (they resume from last.pt)")
         if retry_failed:
-            again = [cid for cid, c in data["cells"].items() if c["state"] == R.FAILED]
-            for cid in again:
-                data["cells"][cid].update(state=R.TRAINING, worker=None)
+            again = R.retry_failed(data)
             if again:
                 say(f"--retry-failed: {', '.join(again)} go back to the rung they failed on")
     return data
@@ -106,8 +123,10 @@ def submit(sweep: Sweep, opts: Options) -> int:
     records = SweepDir(sweep.root, sweep.name).ensure()
     slurm = SlurmQuery()
     with records.lock():
+        _check_ledger(sweep, Ledger(records.path).read(), records.path / "asha.json")
         save_info(records, sweep)
         data = _prepare_ledger(sweep, records, opts.retry_failed)
+        sync_pruned_markers(sweep, data)
         if R.finished(data):
             say("ASHA is finished: every cell is done, pruned or failed (jobs/sweep.py status shows each rung)")
             return 0
@@ -160,7 +179,8 @@ def _start_local(sweep: Sweep, records: SweepDir, n: int) -> dict[str, Any]:
     for i in range(n):
         log = open(logs / f"asha-worker-{number}-{i}.log", "ab")
         # its own session, no parent-death signal: the workers outlive this command (nothing in the foreground)
-        p = subprocess.Popen([sys.executable, "-m", "imgtrain.sweep.asha_worker", str(records.path)],
+        # --local: its key is its own process, even inside a SLURM allocation (where SLURM_JOB_ID is shared)
+        p = subprocess.Popen([sys.executable, "-m", "imgtrain.sweep.asha_worker", "--local", str(records.path)],
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                              start_new_session=True, cwd=str(REPO))
         log.close()
@@ -176,6 +196,10 @@ def print_rungs(sweep: Sweep, out=None) -> None:
     if data is None:
         print("ASHA: nothing recorded yet (not submitted)", file=out)
         return
+    try:
+        sync_pruned_markers(sweep, data)  # a worker killed after its decision left them to whoever comes next
+    except OSError as e:
+        print(f"(could not write the PRUNED markers: {e})", file=out)
     rungs, metric = data["rungs"], data["metric"]
     print(f"ASHA by {metric} ({data['mode']}), eta {data['eta']:g}: "
           f"{'finished' if R.finished(data) else 'in progress'}; {len(R.unstarted(data))} cell(s) not started",

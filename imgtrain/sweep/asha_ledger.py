@@ -31,6 +31,10 @@ class LedgerError(RuntimeError):
     pass
 
 
+class LockLost(LedgerError):
+    """The lock was taken over (this holder stalled past the stale limit) before the write: nothing written."""
+
+
 class Ledger:
     def __init__(self, sweep_dir: str | Path):
         self.dir = Path(sweep_dir)
@@ -74,6 +78,9 @@ class Ledger:
             yield data
             if before_commit is not None:
                 before_commit(data)
+            if not lock.held():  # stalled past the stale limit and taken over: what we decided must not count
+                raise LockLost(f"lost the lock {self.lock_path} before writing {self.path} (another worker "
+                                  "judged this one stale); nothing was written")
             atomic_write_text(self.path, json.dumps(data, indent=1) + "\n")
         finally:
             lock.release()

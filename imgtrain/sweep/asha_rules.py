@@ -17,7 +17,9 @@ Ledger (`<root>/sweeps/<name>/asha.json`):
              (a cell not in `cells` has not started; `rung` is the rung it trains toward or waits at)
     results  {"k": {id: {"value": v|null, "seq": n}}}    what each cell reached at rung k, in arrival order
     promoted {"k": [id, ...]}                           promoted from rung k to k + 1, in order
-    events   [{"seq", "time", "event": start|resume|reclaim|promote|result|prune|fail, "cell", "rung", ...}]
+    hashes   {id: config hash}                          what each cell was submitted with (a change is refused)
+    events   [{"seq", "time", "event": grid|start|resume|reclaim|promote|result|prune|unprune|fail|retry, "cell",
+               "rung", ...}]                            (grid: the order of the cells from then on, no cell)
     seq                             the last event number
 """
 from __future__ import annotations
@@ -30,17 +32,49 @@ TRAINING, PAUSED, DONE, PRUNED, FAILED = "training", "paused", "done", "pruned",
 
 
 def new_ledger(sweep: str, rungs: list[int], eta: float, metric: str, mode: str, order: list[str]) -> dict:
-    return {"version": 1, "sweep": sweep, "rungs": list(rungs), "eta": float(eta), "metric": metric, "mode": mode,
-            "order": list(order), "cells": {}, "results": {}, "promoted": {}, "events": [], "seq": 0}
+    ledger = {"version": 1, "sweep": sweep, "rungs": list(rungs), "eta": float(eta), "metric": metric, "mode": mode,
+              "order": list(order), "cells": {}, "results": {}, "promoted": {}, "events": [], "seq": 0}
+    if order:
+        _event(ledger, "grid", None, 0, order=list(order))
+    return ledger
 
 
-def merge_order(ledger: dict, order: list[str]) -> None:
-    """Cells added to the grid since (a sweep submitted again with more values) start after the others."""
-    known = set(ledger["order"])
-    ledger["order"] += [c for c in order if c not in known]
+def merge_grid(ledger: dict, grid: dict[str, Optional[str]]) -> list[str]:
+    """The grid of a submission (cell id -> config hash, in grid order) into the ledger. Cells added since (a
+    sweep submitted again with more values) start after the others; cells left out that have not started
+    are dropped (those that have keep their records). Returns the cells whose config hash differs from the
+    one recorded (the base config or shared overrides changed): the caller refuses, and nothing changes."""
+    changed = changed_cells(ledger, grid)
+    if changed:
+        return changed
+    hashes = ledger.setdefault("hashes", {})
+    order = ([c for c in ledger["order"] if c in grid or c in ledger["cells"]] +
+             [c for c in grid if c not in ledger["order"]])
+    if order != ledger["order"]:
+        ledger["order"] = order
+        _event(ledger, "grid", None, 0, order=list(order))
+    hashes.update({c: h for c, h in grid.items() if h is not None})
+    close_rungs(ledger)  # new cells reopen rung 1 (its pruned cells are paused again), dropped ones may close it
+    return []
 
 
-def _event(ledger: dict, event: str, cell: str, rung: int, **extra: Any) -> dict:
+def changed_cells(ledger: dict, grid: dict[str, Optional[str]]) -> list[str]:
+    """Cells of `grid` (id -> config hash) recorded with another config hash."""
+    hashes = ledger.get("hashes", {})
+    return [c for c, h in grid.items() if h is not None and hashes.get(c) not in (None, h)]
+
+
+def retry_failed(ledger: dict) -> list[str]:
+    """Failed cells go back to the rung they failed on (a free claim: the next worker resumes them)."""
+    again = [cid for cid, c in ledger["cells"].items() if c["state"] == FAILED]
+    for cid in again:
+        ledger["cells"][cid].update(state=TRAINING, worker=None)
+        _event(ledger, "retry", cid, ledger["cells"][cid]["rung"])
+    close_rungs(ledger)
+    return again
+
+
+def _event(ledger: dict, event: str, cell: Optional[str], rung: int, **extra: Any) -> dict:
     ledger["seq"] += 1
     e = {"seq": ledger["seq"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": event, "cell": cell,
          "rung": rung, **extra}
@@ -70,9 +104,10 @@ def promotable(ledger: dict, k: int) -> list[str]:
     if k >= len(ledger["rungs"]) - 1:
         return []
     done = set(ledger["promoted"].get(str(k), []))
-    cells = ledger["cells"]
+    cells, res = ledger["cells"], ledger["results"].get(str(k), {})
     return [c for c in ranked(ledger, k)[:top_count(ledger, k)]
-            if c not in done and cells.get(c, {}).get("state") == PAUSED and cells[c]["rung"] == k]
+            if c not in done and res[c]["value"] is not None  # no value (no evaluation, NaN): never goes on
+            and cells.get(c, {}).get("state") == PAUSED and cells[c]["rung"] == k]
 
 
 def unstarted(ledger: dict) -> list[str]:
@@ -168,16 +203,25 @@ def rung_closed(ledger: dict, k: int) -> bool:
 
 
 def close_rungs(ledger: dict) -> list[str]:
-    """Prune the paused cells of every closed rung (below the last) that are outside its top floor(n/eta).
-    Returns the cells pruned now; each has a `prune` event with its rank."""
+    """Prune the paused cells of every closed rung (below the last) that are outside its top floor(n/eta)
+    or have no value. A rung that is open again (cells added to the grid, a failed cell retried) gets its
+    pruned cells back as paused (an `unprune` event): pruning is ASHA's pause made final only while no result
+    can still arrive. Returns the cells pruned now; each has a `prune` event with its rank."""
     pruned = []
     for k in range(len(ledger["rungs"]) - 1):
         if not rung_closed(ledger, k):
-            break  # a rung above an open one is open too
+            for cid, c in ledger["cells"].items():
+                if c["state"] == PRUNED and c["rung"] == k:
+                    c["state"] = PAUSED
+                    _event(ledger, "unprune", cid, k)
+            continue
         order = ranked(ledger, k)
         top = top_count(ledger, k)
-        for cid in order[top:]:
+        res = ledger["results"][str(k)] if order else {}
+        for cid in order:
             c = ledger["cells"][cid]
+            if order.index(cid) < top and res[cid]["value"] is not None:
+                continue
             if c["state"] == PAUSED and c["rung"] == k:
                 c["state"] = PRUNED
                 v = ledger["results"][str(k)][cid]["value"]

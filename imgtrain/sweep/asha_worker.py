@@ -19,20 +19,23 @@ nothing else to do, or the next submission, takes over once SLURM or the process
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from imgtrain import runs
 from imgtrain.engine import signals
 from imgtrain.sweep import asha_rules as R
-from imgtrain.sweep.asha_ledger import Ledger
+from imgtrain.sweep.asha_ledger import Ledger, LockLost
+from shards.dirlock import Locked
 from imgtrain.sweep.records import SLURM_ACTIVE, proc_alive, proc_start
 
 HOOK = "trainer.stop_after_epochs"
@@ -42,12 +45,15 @@ def _say(msg: str) -> None:
     print(f"[asha] {msg}", flush=True)
 
 
-def worker_key() -> str:
-    """Stable across requeues of one array task (its array id and index); a local worker is its process."""
+def worker_key(local: bool = False) -> str:
+    """Stable across requeues of one array task (its array id and index); a local worker (`local`, or outside
+    SLURM) is its process."""
     env = os.environ
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+    if local:
+        pass
+    elif env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
         return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    if env.get("SLURM_JOB_ID"):
+    elif env.get("SLURM_JOB_ID"):
         return env["SLURM_JOB_ID"]
     return f"local:{socket.gethostname()}:{os.getpid()}:{proc_start(os.getpid())}"
 
@@ -85,22 +91,32 @@ def value_at(sweep, cell, metric: str, epochs: int) -> Optional[float]:
     return values_at(sweep, [cell], metric, epochs)[cell.id]
 
 
-def mark_pruned_runs(sweep, ledger: dict) -> None:
-    """The PRUNED marker of every cell the ledger pruned (idempotent: a killed worker's are written by the next)."""
+def sync_pruned_markers(sweep, ledger: dict) -> None:
+    """Each run directory's PRUNED marker as the ledger says: written for the cells it pruned, removed from
+    those a reopened rung paused again (idempotent: a worker killed after its decision leaves them to the next
+    worker, submission or status)."""
     by_id = sweep.by_id()
     for cid, c in ledger["cells"].items():
-        if c["state"] == R.PRUNED and cid in by_id:
-            rdir = sweep.run_dir(by_id[cid])
-            if rdir.is_dir() and runs.run_status(rdir) != runs.PRUNED:
-                runs.mark_pruned(rdir, R.prune_marker(ledger, cid))
+        if cid not in by_id:
+            continue
+        rdir = sweep.run_dir(by_id[cid])
+        if not rdir.is_dir():
+            continue
+        marked = runs.read_pruned(rdir)
+        if c["state"] == R.PRUNED and marked is None:
+            runs.mark_pruned(rdir, R.prune_marker(ledger, cid))
+        elif c["state"] != R.PRUNED and marked is not None and marked.get("schedule") == "asha":
+            runs.clear_pruned(rdir)
 
 
 def train_to_rung(sweep, cell, k: int, rungs: list[int]) -> tuple[str, int]:
-    """Train the cell to rung k. Returns (DONE | "paused" | "stopped" | FAILED, epochs done)."""
+    """Train the cell to rung k. Returns (DONE | "paused" | "stopped", epochs done): paused when the trainer
+    reached the rung (trainer.stop_after_epochs), stopped when a signal stopped it (last.pt; resume it)."""
     from imgtrain import config as C
     from imgtrain.engine.trainer import train
     from imgtrain.sweep.job import epochs_done
-    extra = [] if k == len(rungs) - 1 else [f"{HOOK}={rungs[k]}"]
+    last = k == len(rungs) - 1
+    extra = [] if last else [f"{HOOK}={rungs[k]}"]
     rdir = sweep.run_dir(cell)
     if runs.read_status(rdir) == runs.FAILED:
         runs.clear_markers(rdir)  # a failed cell is only here again when a submission asked (--retry-failed)
@@ -108,9 +124,35 @@ def train_to_rung(sweep, cell, k: int, rungs: list[int]) -> tuple[str, int]:
     done = epochs_done(rdir)
     if result.status == runs.DONE:
         return runs.DONE, done
-    if done >= rungs[k]:
+    if result.stopped_by == "pause" and not last:
         return "paused", done
-    return "stopped", done
+    return "stopped", done  # a signal, even one seen at the rung's last step: the requeued job resumes it
+
+
+def _other_dead(ledger: Ledger, worker: str) -> set[str]:
+    """Workers of other claims that are gone, asked outside the lock (squeue can take seconds) and only when
+    no cell is left to start (the only time next_job looks at them)."""
+    data = ledger.read()
+    if data is None or R.unstarted(data):
+        return set()
+    keys = {c["worker"] for c in data["cells"].values()
+            if c["state"] == R.TRAINING and c["worker"] not in (None, worker)}
+    return {k for k in keys if not worker_alive(k)}
+
+
+def _commit(ledger: Ledger, change: Callable[[dict], Any], before_commit=None, tries: int = 5):
+    """`change(data)` in a ledger transaction, tried again when the lock could not be had or was lost (a
+    decision made and not written never counts; the rules make a second try decide the same)."""
+    for i in range(tries):
+        try:
+            with ledger.transaction(before_commit=before_commit) as data:
+                out = change(data)
+            return out, data
+        except (Locked, LockLost) as e:
+            if i == tries - 1:
+                raise
+            _say(f"ledger busy ({e}); trying again")
+            time.sleep(random.uniform(1, 5))
 
 
 def run_worker(sweep_dir: str | Path, *, worker: Optional[str] = None,
@@ -118,44 +160,44 @@ def run_worker(sweep_dir: str | Path, *, worker: Optional[str] = None,
                before_commit: Optional[Callable[[dict], None]] = None) -> tuple[str, Optional[Path], int]:
     """Work until nothing is left ("idle") or a stop signal ("stopped", with the run directory of the cell it
     was training, or None between cells, and that run's attempts before this start)."""
+    from imgtrain.logs.runinfo import read_run
     sweep_dir = Path(sweep_dir)
     sweep = load_sweep(sweep_dir)
-    by_id = sweep.by_id()
     ledger = Ledger(sweep_dir)
     worker = worker or worker_key()
-    rungs = sweep.halving.rungs
+    signals.catch_early(keep=True)  # a signal between cells, or one a trainer saw after its last step, stays
     while True:
-        signals.catch_early()  # a stop between cells: leave before taking a job; during one: the trainer's
         if stopping():
             return "stopped", None, 0
-        with ledger.transaction(before_commit=before_commit) as data:
-            job = R.next_job(data, worker, alive=worker_alive)
-            metric = data["metric"]
+        dead = _other_dead(ledger, worker)
+        (job, rungs, metric), data = _commit(
+            ledger, lambda d: (R.next_job(d, worker, alive=lambda key: key not in dead), d["rungs"], d["metric"]),
+            before_commit)
         if job is None:
-            mark_pruned_runs(sweep, data)
+            sync_pruned_markers(sweep, data)
             _say(f"worker {worker}: nothing left to do")
             return "idle", None, 0
         cid, k = job
-        cell = by_id[cid]
+        if cid not in sweep.by_id():  # a submission since this worker started added cells
+            sweep = load_sweep(sweep_dir)
+        cell = sweep.by_id()[cid]
         rdir = sweep.run_dir(cell)
-        from imgtrain.logs.runinfo import read_run
         attempts_before = len((read_run(rdir) or {}).get("attempts", [])) if rdir.is_dir() else 0
         _say(f"worker {worker}: cell {cid} to rung {k + 1}/{len(rungs)} (epoch {rungs[k]}): {sweep.describe(cell)}")
         try:
             outcome, epochs = train_to_rung(sweep, cell, k, rungs)
         except Exception as e:  # noqa: BLE001 (any failure of one cell: recorded, the worker goes on)
             traceback.print_exc()
-            with ledger.transaction() as data:
-                R.record_failure(data, cid, f"{type(e).__name__}: {e}", worker=worker)
+            _commit(ledger, lambda d: R.record_failure(d, cid, f"{type(e).__name__}: {e}", worker=worker))
             _say(f"worker {worker}: cell {cid} FAILED ({type(e).__name__}: {e})")
             continue
         if outcome == "stopped":
             _say(f"worker {worker}: cell {cid} stopped by a signal at epoch {epochs}; the claim stays for the requeue")
             return "stopped", rdir, attempts_before
         value = value_at(sweep, cell, metric, epochs if outcome == runs.DONE else rungs[k])
-        with ledger.transaction(before_commit=before_commit) as data:
-            new = R.record_result(data, cid, k, value, finished=outcome == runs.DONE, worker=worker)
-        mark_pruned_runs(sweep, data)
+        new, data = _commit(ledger, lambda d: R.record_result(d, cid, k, value, finished=outcome == runs.DONE,
+                                                              worker=worker), before_commit)
+        sync_pruned_markers(sweep, data)
         vtxt = "no value" if value is None else f"{value:.4f}"
         _say(f"worker {worker}: cell {cid} {'DONE' if outcome == runs.DONE else 'paused'} at epoch {epochs}, "
              f"{metric} {vtxt}" + ("" if new else " (already recorded: nothing decided twice)"))
@@ -176,7 +218,7 @@ class AshaWorker(Checkpointable):
 
     def __call__(self, sweep_dir: str) -> dict:
         from imgtrain.sweep.job import requeue_after_stop
-        signals.catch_early()
+        signals.catch_early(keep=True)
         # submitit's USR2 handler would requeue before the trainer saved: a USR2 is a USR1 to us
         signal.signal(signal.SIGUSR2, lambda signum, frame: signal.raise_signal(signal.SIGUSR1))
         state, rdir, attempts_before = run_worker(sweep_dir)
@@ -191,9 +233,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 description="Run one ASHA worker of a submitted sweep until nothing is left "
                                             "(jobs/sweep.py --executor local starts these).")
     p.add_argument("sweep_dir", help="<root>/sweeps/<name>")
+    p.add_argument("--local", action="store_true",
+                   help="key this worker's claims by its own process, not by the SLURM job it may run inside")
     args = p.parse_args(argv)
-    signals.catch_early()
-    state, _, _ = run_worker(args.sweep_dir)
+    signals.catch_early(keep=True)
+    state, _, _ = run_worker(args.sweep_dir, worker=worker_key(local=args.local))
     return 0 if state == "idle" else runs.REQUEUE_EXIT_CODE
 
 
