@@ -417,6 +417,37 @@ def test_local_asha_runs_to_the_end_detached_and_survives_a_worker_killed(digits
     assert (sweep_dir / "sweep.json").read_bytes() == info and Ledger(sweep_dir).path.read_bytes() == before
 
 
+@pytest.mark.slow
+def test_a_cancelled_local_sweep_stops_and_a_new_submission_resumes_it(digits_shards, tmp_path):
+    from imgtrain.sweep.records import proc_alive
+    root = tmp_path / "root"
+    path = asha_spec(tmp_path / "c.yaml", digits_shards, "lc", 2, rungs=(1, 2), batch=8)
+    sweep_dir = root / "sweeps/lc"
+    run_cmd([*SWEEP, path, "--root", root, "--executor", "local", "--parallel", "1"], timeout=120)
+    worker = SweepDir(root, "lc").submissions()[-1]["workers"][0]
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(
+            c["state"] == "training" for c in (Ledger(sweep_dir).read() or {"cells": {}})["cells"].values()):
+        time.sleep(0.1)
+    cancel = run_cmd([*SWEEP, "cancel", "lc", "--root", root])
+    assert f"SIGTERM to pids {worker['pid']}" in cancel.stdout
+    deadline = time.time() + 60
+    while proc_alive(worker["pid"], worker["pid_start"], worker["host"]) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not proc_alive(worker["pid"], worker["pid_start"], worker["host"]), "the worker ignored the cancel"
+    log = Path(worker["log"]).read_text()
+    assert "stopped by a signal" in log and "nothing left" not in log, log[-2000:]
+    data = Ledger(sweep_dir).read()
+    assert not R.finished(data)
+    again = run_cmd([*SWEEP, path, "--root", root, "--executor", "local", "--parallel", "1"], timeout=120)
+    assert "started 1 ASHA worker" in again.stdout
+    if any(c["state"] == "training" for c in data["cells"].values()):
+        assert "freed the cells of workers that are gone" in again.stdout
+    data = wait_finished(sweep_dir, 300)
+    assert final_problems(data) == []
+    check_run_dirs(root, S.load_spec(path, root=str(root)), data)
+
+
 # ----------------------------------------------------------------------------------------- SLURM
 
 @pytest.mark.slow
