@@ -480,8 +480,12 @@ def test_slurm_asha_sixteen_cells_four_workers_one_requeued_mid_rung(digits_shar
     data = wait_finished(sweep_dir, 600)
     slurm_cluster.wait_job(job, timeout=120, source="sacct")
     assert final_problems(data) == []
-    resumed = [e for e in data["events"] if e["event"] == "resume" and e["worker"] == f"{job}_1"]
-    assert resumed and resumed[0]["cell"] == cell[0]
+    # the requeued task resumed the cell it held when it was stopped (mid-rung: no result of it in between)
+    mine = [e for e in data["events"] if e.get("worker") == f"{job}_1"]
+    first = next(i for i, e in enumerate(mine) if e["event"] == "resume")
+    held = mine[first - 1]
+    assert held["event"] in ("start", "promote", "reclaim") and held["cell"] == mine[first]["cell"], mine[:first + 1]
+    assert held["cell"] == cell[0] or held["seq"] > min(e["seq"] for e in mine if e["cell"] == cell[0]), mine
     history = slurm_cluster.run(["sacct", "-n", "-X", "-P", "-D", "-j", str(job), "-o", "JobID,State"]).stdout
     assert any(line.startswith(f"{job}_1|") and "REQUEUED" in line for line in history.splitlines()), history
     assert slurm_cluster.sacct_states(job) == {f"{job}_{i}": "COMPLETED" for i in range(4)}
