@@ -66,6 +66,23 @@ def test_unknown_key_names_file_line_and_suggestion(tmp_path):
     assert "optim.lrr" in msg and f"{p.resolve()}:5" in msg and "did you mean 'optim.lr'" in msg
 
 
+def test_a_section_check_names_the_file_and_line_of_its_key(tmp_path):
+    """optim.name is checked against timm by the optim section itself: its error names where it was set."""
+    p = write(tmp_path / "bad.yaml", """\
+        data:
+          path: x
+        optim:
+          lr: 0.1
+          name: adamx
+        """)
+    with pytest.raises(C.ConfigError) as e:
+        C.load(p)
+    msg = str(e.value)
+    assert msg.startswith("optim.name: 'adamx' is not an optimizer") and msg.endswith(f"[{p.resolve()}:5]")
+    with pytest.raises(C.ConfigError, match=r"optim.alpha: .* \[override 'optim.alpha=0.9'\]$"):
+        C.load(p, ["optim.name=adam", "optim.alpha=0.9"])
+
+
 def test_unknown_key_in_override_names_the_override(base):
     with pytest.raises(C.ConfigError, match=r"unknown config key 'trainer.epocs' \[override 'trainer.epocs=3'\].*trainer.epochs"):
         C.load(base, ["trainer.epocs=3"])

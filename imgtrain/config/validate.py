@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -91,7 +92,14 @@ def _build(cls, data: dict, origins: dict[str, str], prefix: str = ""):
             choices = CHOICES.get(key)
             if choices is not None and kwargs[k] not in choices:
                 raise ConfigError(f"{key}: {kwargs[k]!r} is not one of {', '.join(map(str, choices))} [{where}]")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a section's own check (e.g. optim.name against timm): add where the key was set
+        msg = str(e)
+        named = re.match(r"([A-Za-z_][\w.]*)\s*[:=]", msg)
+        if named and named.group(1) in origins and not msg.endswith("]"):
+            raise ConfigError(f"{msg} [{origins[named.group(1)]}]") from None
+        raise
 
 
 def _missing(obj, prefix="") -> list[str]:
