@@ -33,6 +33,7 @@ def other_digits(tmp_path_factory):
                            "--shard-size", "200")
 
 
+@pytest.mark.slow  # trains (about 8-12 s here): the full suite, not the fast tier
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
 def test_resume_onto_other_data_is_refused_naming_both_fingerprints(digits_shards, other_digits, tmp_path,
                                                                     strategy):
@@ -58,6 +59,7 @@ def test_resume_onto_other_data_is_refused_naming_both_fingerprints(digits_shard
 
 # ----------------------------------------------------------------------------- B: a non-finite loss stops the run
 
+@pytest.mark.slow  # trains (about 8-12 s here): the full suite, not the fast tier
 def test_a_diverging_loss_fails_naming_the_step(digits_shards, tmp_path):
     args = overrides(digits_shards, tmp_path, "nan", "optim.lr=1e12", "sched.warmup_epochs=0")
     proc = run_cmd(train_cmd(CFG, *args), check=False)
@@ -85,6 +87,7 @@ def test_max_nonfinite_steps_is_refused_with_deepspeed(digits_shards, tmp_path):
 
 # ----------------------------------------------------------------------------- C: a split or monitor that does not exist
 
+@pytest.mark.slow  # trains (about 8-12 s here): the full suite, not the fast tier
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_missing_val_split_and_unknown_monitor_are_config_errors(digits_shards, tmp_path, dry_run):
     extra = ["--dry-run"] if dry_run else []
@@ -145,6 +148,7 @@ def test_too_many_bad_samples_is_one_line_and_failed_keeps_the_traceback(digits_
 
 # ----------------------------------------------------------------------------- E: all checkpoints deleted
 
+@pytest.mark.slow  # trains (about 8-12 s here): the full suite, not the fast tier
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
 def test_deleted_checkpoints_of_a_run_with_progress_are_refused(digits_shards, tmp_path, strategy):
     args = overrides(digits_shards, tmp_path, "r", "data.batch_size=8", f"dist.strategy={strategy}")
@@ -192,6 +196,7 @@ def test_a_full_disk_while_training_leaves_no_temporary_checkpoint_and_is_failed
 
 # ----------------------------------------------------------------------------- G: log rows identical across a resume
 
+@pytest.mark.slow  # trains (about 8-12 s here): the full suite, not the fast tier
 def test_every_logged_value_is_the_same_after_a_resume_between_log_rows(digits_shards, tmp_path):
     """The train loss row averages a window of trainer.log_every_steps steps: a stop inside a window (step 10,
     rows at 7 and 14) must not change the row after the resume, nor acc1, skipped or the epoch loss."""

@@ -37,10 +37,10 @@ FAMILIES = [
     family("convmixer", dict(dim=32, depth=2)),
     family("vgg16", dict(kwargs={"mlp_ratio": 1 / 64})),  # the real vgg16 conv tower, small pre-logits MLP
     family("resnet18", {}),
-    family("mobilevit_xxs", {}),
-    family("densenet121", {}),
+    family("mobilevit_xxs", {}, slow=True),
+    family("densenet121", {}, slow=True),
     family("inception_v3", {}, size=75, slow=True),  # its stem needs >= 75 px
-    family("mobilenetv2_100", {}),
+    family("mobilenetv2_100", {}, slow=True),
     family("xception41", {}, slow=True),
     family("mlp", dict(depth=2, activation="tanh")),
     family("simple_cnn", dict(variant="base")),
