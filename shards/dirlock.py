@@ -13,10 +13,11 @@ that was killed leaves its file behind, so a lock is *stale*, and is taken over,
 - SLURM says the holder's job is no longer running, or
 - its heartbeat (the file's mtime, touched every `heartbeat_s`) is older than `stale_after_s`: a holder on
   another node that can no longer be asked.
-Taking over renames the stale file aside first (rename is atomic: of two processes taking over at once, one
-wins the rename) and then checks that the file it moved is the one it judged (inode and holder token): a
-process that judged the old holder, but renamed only after another had already taken over and created its
-own lock, puts that live lock back and starts over.
+Takeovers are serialised by a guard file `<lock>.takeover` (O_EXCL; one left by a killed process is removed
+after TAKEOVER_STALE_S): under it the taker checks that the lock file is still the one it judged (inode and
+holder token) and renames it aside; the new holder is then whoever creates the lock file first. Without the
+guard, a process that judged the dead holder but renamed a moment later would move aside the live lock that
+another had just created.
 """
 from __future__ import annotations
 
@@ -87,8 +88,50 @@ def why_stale(holder: dict, age_s: float, stale_after_s: float) -> Optional[str]
     return None
 
 
+TAKEOVER_STALE_S = 10.0  # a takeover lasts milliseconds; a guard file this old was left by a killed process
+
+
+def _take_over(path: Path, judged: os.stat_result, other: dict) -> bool:
+    """Remove the stale lock file `path` (`judged`: its stat, `other`: its holder, when we judged it); True when
+    removed. Takeovers are serialised by `<lock>.takeover` (O_EXCL): without it, a process that judged the dead
+    holder but renamed a moment later would move aside the live lock another process had just created in its
+    place. Under the guard the file is checked again (inode, holder token) before it is renamed."""
+    guard = path.with_name(path.name + ".takeover")
+    try:
+        os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        try:
+            if time.time() - guard.stat().st_mtime > TAKEOVER_STALE_S:
+                guard.unlink()
+        except FileNotFoundError:
+            pass
+        time.sleep(random.uniform(0.005, 0.05))
+        return False
+    try:
+        if not _same_file(path, judged, other):
+            return False  # released or taken over since we judged it: judge again
+        aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        if not _same_file(aside, judged, other):
+            # only possible if a holder judged stale by its age woke, released, and a new holder created its
+            # file in the microseconds between the check and the rename: put that live lock back
+            try:
+                os.link(aside, path)
+            except OSError:
+                pass
+            aside.unlink(missing_ok=True)
+            return False
+        aside.unlink(missing_ok=True)
+        return True
+    finally:
+        guard.unlink(missing_ok=True)
+
+
 def _same_file(aside: Path, judged: os.stat_result, other: dict) -> bool:
-    """Is the file we renamed aside the one we judged stale? (same inode; same holder token when it had one)"""
+    """Is the file at `aside` the one we judged? (same inode; same holder token when it had one)"""
     try:
         st = aside.stat()
         if (st.st_ino, st.st_dev) != (judged.st_ino, judged.st_dev):
@@ -147,7 +190,8 @@ def acquire(path: str | os.PathLike, *, what: str = "this directory", heartbeat_
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _proc_start(os.getpid()),
               "slurm_job": os.environ.get("SLURM_JOB_ID"), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "token": uuid.uuid4().hex}
-    for _ in range(5):
+    changes, deadline = 0, time.monotonic() + TAKEOVER_STALE_S + 30
+    while changes < 5:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -172,24 +216,11 @@ def acquire(path: str | os.PathLike, *, what: str = "this directory", heartbeat_
                 raise Locked(f"{what} is in use by another process ({describe(other)}); it holds {path}. "
                              "Wait for it to end, or stop it; if it is dead on a node that cannot be asked, "
                              f"its lock counts as stale {stale_after_s:.0f} s after its last heartbeat")
-            aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}")
-            try:
-                os.rename(path, aside)
-            except FileNotFoundError:
-                continue  # another process took it over first
-            if not _same_file(aside, judged, other):
-                # Between our judgement and the rename another process took the stale lock over and created its
-                # own: we moved a live lock aside. Put it back (link fails if a third process created one
-                # meanwhile; that one's holder then finds it lost its lock, see DirLock.held) and start over.
-                try:
-                    os.link(aside, path)
-                except OSError:
-                    pass
-                aside.unlink(missing_ok=True)
-                time.sleep(random.uniform(0.01, 0.1))
-                continue
-            aside.unlink(missing_ok=True)
-            log(f"taking over the lock of {what} from {describe(other) if other else 'nobody'}: {why}")
+            if _take_over(path, judged, other):
+                changes += 1
+                log(f"taking over the lock of {what} from {describe(other) if other else 'nobody'}: {why}")
+            elif time.monotonic() > deadline:
+                break
             continue
         with os.fdopen(fd, "w") as f:
             json.dump(holder, f)
@@ -199,4 +230,5 @@ def acquire(path: str | os.PathLike, *, what: str = "this directory", heartbeat_
         lock._thread = threading.Thread(target=lock._beat, name="imgtrain-lock-heartbeat", daemon=True)
         lock._thread.start()
         return lock
-    raise Locked(f"could not take {path}: it changed hands five times in a row")
+    raise Locked(f"could not take {path}: it changed hands {changes} times, or another process's takeover of it "
+                 f"({path.name}.takeover) did not end")

@@ -86,7 +86,7 @@ def replay(ledger: dict) -> list[str]:
             if where.get(c, ("",))[0] != "failed":
                 problems.append(f"seq {e['seq']}: retry of {c}, which was {where.get(c)}")
             where[c] = ("training", where[c][1])
-        elif kind in ("resume", "reclaim"):
+        elif kind in ("resume", "reclaim", "release"):
             if where.get(c, ("",))[0] != "training":
                 problems.append(f"seq {e['seq']}: {kind} of {c}, which was {where.get(c)}")
     for k in range(last):

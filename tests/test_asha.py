@@ -108,8 +108,8 @@ def test_results_without_a_value_never_go_on():
     ledger = fresh(4, (1, 2), 2.0)
     for w in ("w0", "w1", "w2", "w3"):
         R.next_job(ledger, w)
-    for cid, v in (("c00", None), ("c01", 0.5), ("c02", None), ("c03", float("nan"))):
-        R.record_result(ledger, cid, 0, v, worker="w")
+    for i, v in enumerate((None, 0.5, None, float("nan"))):
+        assert R.record_result(ledger, f"c0{i}", 0, v, worker=f"w{i}")
     assert R.top_count(ledger, 0) == 2 and R.promotable(ledger, 0) == ["c01"]  # top 2 holds c01 and a None
     assert R.next_job(ledger, "w0") == ("c01", 1)
     R.record_result(ledger, "c01", 1, 0.6, finished=True, worker="w0")
@@ -170,6 +170,22 @@ def test_a_grown_grid_reopens_rung_one_and_a_changed_cell_is_refused():
     R.next_job(grown, "w0")
     R.merge_grid(grown, {"c01": None})
     assert grown["order"] == ["c00", "c01"] and replay(grown) == []
+
+
+def test_a_result_counts_only_from_the_claims_holder_and_a_busy_claim_is_given_back():
+    ledger = fresh(2, (1, 2), 2.0)
+    assert R.next_job(ledger, "a") == ("c00", 0)
+    assert R.next_job(ledger, "b") == ("c01", 0)
+    # "a" is thought gone: "c" takes c00 over, so a's late result is not recorded
+    assert R.next_job(ledger, "c", alive=lambda w: w != "a") == ("c00", 0)
+    assert not R.record_result(ledger, "c00", 0, 0.5, worker="a")
+    assert "c00" not in ledger["results"].get("0", {})
+    assert not R.record_result(ledger, "c00", 1, 0.5, worker="c")  # not its rung
+    # c finds the run busy (a still trains it): c gives the claim back, and a, its owner, takes it again
+    assert not R.give_back(ledger, "c00", "a", "busy") and R.give_back(ledger, "c00", "c", "run in use")
+    assert ledger["cells"]["c00"]["worker"] is None and ledger["events"][-1]["event"] == "release"
+    assert R.next_job(ledger, "a") == ("c00", 0) and R.record_result(ledger, "c00", 0, 0.5, worker="a")
+    assert replay(ledger) == []
 
 
 def test_release_dead_frees_only_the_claims_of_workers_that_are_gone():
@@ -256,6 +272,22 @@ def test_racing_takeovers_of_a_stale_lock_never_let_two_in(tmp_path):
         p.join(120)
     overlaps = [p.name for p in tmp_path.iterdir() if ".overlap-" in p.name]
     assert overlaps == [] and [p.exitcode for p in procs] == [0] * 6
+
+
+def test_a_takeover_guard_left_by_a_killed_process_is_removed(tmp_path):
+    from shards.dirlock import TAKEOVER_STALE_S, acquire
+    lock_path = tmp_path / "x.lock"
+    lock_path.write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "pid_start": "0",
+                                     "token": "dead"}))
+    guard = tmp_path / "x.lock.takeover"
+    guard.touch()
+    old = time.time() - TAKEOVER_STALE_S - 5
+    os.utime(guard, (old, old))
+    said = []
+    lock = acquire(lock_path, log=said.append)
+    assert lock.held() and not guard.exists() and "its process is gone" in said[0]
+    lock.release()
+    assert not lock_path.exists()
 
 
 def test_a_holder_that_lost_its_lock_writes_nothing(tmp_path):
@@ -415,6 +447,11 @@ def test_local_asha_runs_to_the_end_detached_and_survives_a_worker_killed(digits
     refused = run_cmd([*SWEEP, changed, "--root", root, "--executor", "local"], check=False)
     assert refused.returncode == 2 and "use a new sweep name" in refused.stderr, refused.stderr
     assert (sweep_dir / "sweep.json").read_bytes() == info and Ledger(sweep_dir).path.read_bytes() == before
+    # so is a grid that leaves out cells that have started (ASHA may still promote them)
+    fewer = asha_spec(tmp_path / "f.yaml", digits_shards, "la", 2)
+    refused = run_cmd([*SWEEP, fewer, "--root", root, "--executor", "local"], check=False)
+    assert refused.returncode == 2 and "have started and are not in the grid" in refused.stderr, refused.stderr
+    assert (sweep_dir / "sweep.json").read_bytes() == info
 
 
 @pytest.mark.slow

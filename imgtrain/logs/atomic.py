@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Callable, Optional
 
 TMP_SUFFIX = ".tmp"
 
@@ -37,8 +38,10 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data) -> Path:
-    """Write `data` (bytes or any buffer) to `path` atomically; parent directories are created."""
+def atomic_write_bytes(path: str | os.PathLike, data, before_replace: Optional[Callable[[], None]] = None) -> Path:
+    """Write `data` (bytes or any buffer) to `path` atomically; parent directories are created.
+    `before_replace`: called when the data is on disk, just before the rename (it may raise: nothing is
+    replaced), e.g. a lock holder's last check that it still holds its lock."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
@@ -47,6 +50,8 @@ def atomic_write_bytes(path: str | os.PathLike, data) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -55,5 +60,6 @@ def atomic_write_bytes(path: str | os.PathLike, data) -> Path:
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
-    return atomic_write_bytes(path, text.encode(encoding))
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8",
+                      before_replace: Optional[Callable[[], None]] = None) -> Path:
+    return atomic_write_bytes(path, text.encode(encoding), before_replace)

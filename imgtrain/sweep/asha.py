@@ -34,6 +34,7 @@ from imgtrain.sweep.asha_worker import sync_pruned_markers, worker_alive
 from imgtrain.sweep.executors import Options, PreflightError, executor_parameters, preflight, save_info, say
 from imgtrain.sweep.records import SLURM_ACTIVE, SlurmQuery, SweepDir, job_name, now_iso, proc_alive, proc_start
 from imgtrain.sweep.spec import REPO, SpecError, Sweep
+from shards.dirlock import Locked
 
 
 def _check(sweep: Sweep, opts: Options) -> None:
@@ -81,6 +82,11 @@ def _check_ledger(sweep: Sweep, data: Optional[dict], path) -> None:
         raise SpecError(f"sweep {sweep.name}: its ledger {path} has rungs {data['rungs']}, eta {data['eta']:g}, "
                         f"{data['metric']} ({data['mode']}); the sweep file now gives {h.rungs}, {h.eta:g}, "
                         f"{metric} ({mode}): use a new sweep name")
+    left_out = [cid for cid in data["cells"] if cid not in sweep.by_id()]
+    if left_out:
+        raise SpecError(f"sweep {sweep.name}: cell(s) {', '.join(left_out[:8])} have started and are not in the "
+                        f"grid any more ({path} holds their records, and ASHA may still promote them): give the "
+                        "grid all its started cells, or use a new sweep name")
     changed = R.changed_cells(data, {c.id: c.config_hash for c in sweep.cells})
     if changed:
         raise SpecError(f"sweep {sweep.name}: cell(s) {', '.join(changed[:8])} now give another config than they "
@@ -126,7 +132,7 @@ def submit(sweep: Sweep, opts: Options) -> int:
         _check_ledger(sweep, Ledger(records.path).read(), records.path / "asha.json")
         save_info(records, sweep)
         data = _prepare_ledger(sweep, records, opts.retry_failed)
-        sync_pruned_markers(sweep, data)
+        sync_pruned_markers(sweep, Ledger(records.path))
         if R.finished(data):
             say("ASHA is finished: every cell is done, pruned or failed (jobs/sweep.py status shows each rung)")
             return 0
@@ -196,10 +202,10 @@ def print_rungs(sweep: Sweep, out=None) -> None:
     if data is None:
         print("ASHA: nothing recorded yet (not submitted)", file=out)
         return
-    try:
-        sync_pruned_markers(sweep, data)  # a worker killed after its decision left them to whoever comes next
-    except OSError as e:
-        print(f"(could not write the PRUNED markers: {e})", file=out)
+    try:  # a worker killed after its decision left them to whoever comes next
+        sync_pruned_markers(sweep, Ledger(sweep.dir), timeout_s=10.0)
+    except (OSError, Locked) as e:
+        print(f"(PRUNED markers not brought up to date now: {e})", file=out)
     rungs, metric = data["rungs"], data["metric"]
     print(f"ASHA by {metric} ({data['mode']}), eta {data['eta']:g}: "
           f"{'finished' if R.finished(data) else 'in progress'}; {len(R.unstarted(data))} cell(s) not started",

@@ -64,10 +64,11 @@ class Ledger:
     @contextlib.contextmanager
     def transaction(self, *, create: Optional[Callable[[], dict]] = None, timeout_s: float = 600.0,
                     before_commit: Optional[Callable[[dict], None]] = None,
-                    log: Callable[[str], None] = print) -> Iterator[dict]:
+                    log: Callable[[str], None] = print, write: bool = True) -> Iterator[dict]:
         """`with ledger.transaction() as data:` change `data`; it is written when the block ends without an
-        exception. `create`: the ledger to start from when there is none yet. `before_commit`: called with
-        the data just before the write (a test seam: kill the process there)."""
+        exception (`write=False`: never, a consistent read). `create`: the ledger to start from when there is
+        none yet. `before_commit`: called with the data just before the write (a test seam: kill the process
+        there)."""
         lock = self._lock(timeout_s, log)
         try:
             data = self.read()
@@ -76,11 +77,17 @@ class Ledger:
                     raise LedgerError(f"no ASHA ledger at {self.path} (submit the sweep first)")
                 data = create()
             yield data
+            if not write:  # a read under the lock (acting on a ledger nobody may change meanwhile)
+                return
             if before_commit is not None:
                 before_commit(data)
-            if not lock.held():  # stalled past the stale limit and taken over: what we decided must not count
-                raise LockLost(f"lost the lock {self.lock_path} before writing {self.path} (another worker "
-                                  "judged this one stale); nothing was written")
-            atomic_write_text(self.path, json.dumps(data, indent=1) + "\n")
+
+            def still_held() -> None:  # stalled past the stale limit and taken over: what we decided must not count
+                if not lock.held():
+                    raise LockLost(f"lost the lock {self.lock_path} before writing {self.path} (another worker "
+                                   "judged this one stale); nothing was written")
+            still_held()
+            # checked again with the new ledger on disk, just before the rename: the gap is the rename itself
+            atomic_write_text(self.path, json.dumps(data, indent=1) + "\n", before_replace=still_held)
         finally:
             lock.release()

@@ -18,7 +18,7 @@ Ledger (`<root>/sweeps/<name>/asha.json`):
     results  {"k": {id: {"value": v|null, "seq": n}}}    what each cell reached at rung k, in arrival order
     promoted {"k": [id, ...]}                           promoted from rung k to k + 1, in order
     hashes   {id: config hash}                          what each cell was submitted with (a change is refused)
-    events   [{"seq", "time", "event": grid|start|resume|reclaim|promote|result|prune|unprune|fail|retry, "cell",
+    events   [{"seq", "time", "event": grid|start|resume|reclaim|release|promote|result|prune|unprune|fail|retry, "cell",
                "rung", ...}]                            (grid: the order of the cells from then on, no cell)
     seq                             the last event number
 """
@@ -159,6 +159,17 @@ def next_job(ledger: dict, worker: str, alive: Optional[Callable[[str], bool]] =
     return None
 
 
+def give_back(ledger: dict, cid: str, worker: str, reason: str) -> bool:
+    """This worker's claim on the cell becomes free again (its run is busy elsewhere: a claim taken over from
+    a worker that was only thought gone). False when it is not this worker's claim."""
+    c = ledger["cells"].get(cid, {})
+    if c.get("state") != TRAINING or c.get("worker") != worker:
+        return False
+    c["worker"] = None
+    _event(ledger, "release", cid, c["rung"], worker=worker, reason=reason[:500])
+    return True
+
+
 def release_dead(ledger: dict, alive: Callable[[str], bool]) -> list[str]:
     """Claims whose worker is gone become free (a submission does this before it starts new workers)."""
     freed = []
@@ -172,11 +183,16 @@ def release_dead(ledger: dict, alive: Callable[[str], bool]) -> list[str]:
 def record_result(ledger: dict, cid: str, k: int, value: Optional[float], *, finished: bool = False,
                   worker: Optional[str] = None) -> bool:
     """The cell's value at rung k (the monitored metric's latest evaluation at or before the rung's epoch).
-    `finished`: the run ended (DONE: the last rung, or stopped early). Returns False when rung k already
-    holds a result of this cell (a requeued job that finished twice): nothing changes."""
-    res = ledger["results"].setdefault(str(k), {})
+    `finished`: the run ended (DONE: the last rung, or stopped early). Returns False, and nothing changes,
+    when rung k already holds a result of this cell (a requeued job that finished twice) or the cell is not
+    this worker's claim at rung k any more (taken over meanwhile: the new holder records it)."""
+    res = ledger["results"].get(str(k), {})
     if cid in res:
         return False
+    c = ledger["cells"].get(cid, {})
+    if c.get("state") != TRAINING or c.get("rung") != k or (worker is not None and c.get("worker") != worker):
+        return False
+    res = ledger["results"].setdefault(str(k), {})
     if value is not None and not math.isfinite(value):
         value = None
     e = _event(ledger, "result", cid, k, value=value, worker=worker, finished=finished)

@@ -91,10 +91,16 @@ def value_at(sweep, cell, metric: str, epochs: int) -> Optional[float]:
     return values_at(sweep, [cell], metric, epochs)[cell.id]
 
 
-def sync_pruned_markers(sweep, ledger: dict) -> None:
+def sync_pruned_markers(sweep, ledger: Ledger, timeout_s: float = 600.0) -> None:
     """Each run directory's PRUNED marker as the ledger says: written for the cells it pruned, removed from
     those a reopened rung paused again (idempotent: a worker killed after its decision leaves them to the next
-    worker, submission or status)."""
+    worker, submission or status). Under the ledger's lock: a snapshot read before a resubmission reopened a
+    rung would mark a cell that is training again."""
+    with ledger.transaction(timeout_s=timeout_s, write=False) as data:
+        _sync_markers(sweep, data)
+
+
+def _sync_markers(sweep, ledger: dict) -> None:
     by_id = sweep.by_id()
     for cid, c in ledger["cells"].items():
         if cid not in by_id:
@@ -116,10 +122,13 @@ def train_to_rung(sweep, cell, k: int, rungs: list[int]) -> tuple[str, int]:
     from imgtrain.engine.trainer import train
     from imgtrain.sweep.job import epochs_done
     last = k == len(rungs) - 1
-    extra = [] if last else [f"{HOOK}={rungs[k]}"]
+    # the last rung trains to trainer.epochs, even if the base config sets a pause of its own
+    extra = [f"{HOOK}=null"] if last else [f"{HOOK}={rungs[k]}"]
     rdir = sweep.run_dir(cell)
     if runs.read_status(rdir) == runs.FAILED:
         runs.clear_markers(rdir)  # a failed cell is only here again when a submission asked (--retry-failed)
+    if rdir.is_dir() and runs.read_pruned(rdir) is not None:
+        runs.clear_pruned(rdir)  # claimed, so not pruned (its rung reopened); a marker left is out of date
     result = train(C.load(sweep.config_path, list(cell.overrides) + extra))
     done = epochs_done(rdir)
     if result.status == runs.DONE:
@@ -174,7 +183,7 @@ def run_worker(sweep_dir: str | Path, *, worker: Optional[str] = None,
             ledger, lambda d: (R.next_job(d, worker, alive=lambda key: key not in dead), d["rungs"], d["metric"]),
             before_commit)
         if job is None:
-            sync_pruned_markers(sweep, data)
+            sync_pruned_markers(sweep, ledger)
             _say(f"worker {worker}: nothing left to do")
             return "idle", None, 0
         cid, k = job
@@ -186,6 +195,11 @@ def run_worker(sweep_dir: str | Path, *, worker: Optional[str] = None,
         _say(f"worker {worker}: cell {cid} to rung {k + 1}/{len(rungs)} (epoch {rungs[k]}): {sweep.describe(cell)}")
         try:
             outcome, epochs = train_to_rung(sweep, cell, k, rungs)
+        except runs.Locked as e:  # its run is trained by a worker that was thought gone: not a failure
+            _commit(ledger, lambda d: R.give_back(d, cid, worker, str(e)))
+            _say(f"worker {worker}: cell {cid} is busy elsewhere ({e}); claim given back")
+            time.sleep(random.uniform(5, 15))
+            continue
         except Exception as e:  # noqa: BLE001 (any failure of one cell: recorded, the worker goes on)
             traceback.print_exc()
             _commit(ledger, lambda d: R.record_failure(d, cid, f"{type(e).__name__}: {e}", worker=worker))
@@ -197,10 +211,10 @@ def run_worker(sweep_dir: str | Path, *, worker: Optional[str] = None,
         value = value_at(sweep, cell, metric, epochs if outcome == runs.DONE else rungs[k])
         new, data = _commit(ledger, lambda d: R.record_result(d, cid, k, value, finished=outcome == runs.DONE,
                                                               worker=worker), before_commit)
-        sync_pruned_markers(sweep, data)
+        sync_pruned_markers(sweep, ledger)
         vtxt = "no value" if value is None else f"{value:.4f}"
         _say(f"worker {worker}: cell {cid} {'DONE' if outcome == runs.DONE else 'paused'} at epoch {epochs}, "
-             f"{metric} {vtxt}" + ("" if new else " (already recorded: nothing decided twice)"))
+             f"{metric} {vtxt}" + ("" if new else " (not recorded: already recorded, or the claim was taken over)"))
 
 
 class AshaWorker(Checkpointable):
