@@ -49,35 +49,31 @@ def test_term_after_usr1_renames_it_and_usr1_after_term_does_not():
         stop.uninstall()
 
 
+def in_a_process(*lines: str) -> list[str]:
+    """Run these lines in a fresh Python process (they replace signal handlers) and return its printed words."""
+    code = "\n".join(("import os, signal, sys", "sys.path.insert(0, sys.argv[1])",
+                       "from imgtrain.engine.signals import StopRequest, catch_early, early_signal", *lines))
+    return subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60,
+                          check=True).stdout.split()
+
+
 def test_a_signal_during_start_up_is_named_the_same_way():
     """catch_early() (jobs/train.py, before torch is imported): a separate process, it replaces handlers."""
-    code = ("import os, signal, sys\n"
-            "sys.path.insert(0, sys.argv[1])\n"
-            "from imgtrain.engine.signals import StopRequest, catch_early\n"
-            "catch_early()\n"
-            "os.kill(os.getpid(), signal.SIGUSR1)\n"
-            "os.kill(os.getpid(), signal.SIGTERM)\n"
-            "print(StopRequest().install().name)\n")
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60,
-                         check=True).stdout
-    assert out.strip() == "SIGTERM"
+    assert in_a_process("catch_early()",
+                        "os.kill(os.getpid(), signal.SIGUSR1)",
+                        "os.kill(os.getpid(), signal.SIGTERM)",
+                        "print(StopRequest().install().name)") == ["SIGTERM"]
 
 
 def test_a_worker_keeps_signals_between_runs_and_those_a_run_saw_too_late():
     """catch_early(keep=True) (an ASHA worker: one trainer after another). A signal the trainer's StopRequest
     took after its last step is handed back at uninstall; one between two runs is recorded, not fatal; the
     next run's StopRequest starts with it. Without keep, a TERM after uninstall would kill the process."""
-    code = ("import os, signal, sys\n"
-            "sys.path.insert(0, sys.argv[1])\n"
-            "from imgtrain.engine.signals import StopRequest, catch_early, early_signal\n"
-            "catch_early(keep=True)\n"
-            "stop = StopRequest().install()\n"
-            "os.kill(os.getpid(), signal.SIGUSR1)\n"
-            "stop.uninstall()\n"
-            "print(early_signal() == signal.SIGUSR1)\n"
-            "os.kill(os.getpid(), signal.SIGTERM)\n"
-            "print(early_signal() == signal.SIGTERM)\n"
-            "print(StopRequest().install().name, early_signal())\n")
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60,
-                         check=True).stdout
-    assert out.split() == ["True", "True", "SIGTERM", "None"]
+    assert in_a_process("catch_early(keep=True)",
+                        "stop = StopRequest().install()",
+                        "os.kill(os.getpid(), signal.SIGUSR1)",
+                        "stop.uninstall()",
+                        "print(early_signal() == signal.SIGUSR1)",
+                        "os.kill(os.getpid(), signal.SIGTERM)",
+                        "print(early_signal() == signal.SIGTERM)",
+                        "print(StopRequest().install().name, early_signal())") == ["True", "True", "SIGTERM", "None"]
