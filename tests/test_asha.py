@@ -366,6 +366,15 @@ def test_ddp_cells_are_refused_before_anything_is_submitted(digits_shards, tmp_p
     assert not (tmp_path / "root/sweeps/a/asha.json").exists()
 
 
+def test_a_sweep_that_fails_its_preflight_leaves_no_records(tmp_path):
+    path = asha_spec(tmp_path / "p.yaml", tmp_path / "no_shards", "pf", 2)
+    proc = run_cmd([*SWEEP, path, "--root", tmp_path / "root", "--executor", "local"], check=False)
+    assert proc.returncode != 0 and "preflight failed, nothing submitted" in proc.stderr + proc.stdout
+    assert "manifest.json" in proc.stderr + proc.stdout
+    sweep_dir = tmp_path / "root/sweeps/pf"
+    assert not (sweep_dir / "sweep.json").exists() and not (sweep_dir / "asha.json").exists()
+
+
 # ----------------------------------------------------------------------------------------- local
 
 def asha_spec(path: Path, data: Path, name: str, n_lr: int, rungs=(1, 2, 3), batch=64, **extra) -> Path:

@@ -129,7 +129,14 @@ def submit(sweep: Sweep, opts: Options) -> int:
     records = SweepDir(sweep.root, sweep.name).ensure()
     slurm = SlurmQuery()
     with records.lock():
-        _check_ledger(sweep, Ledger(records.path).read(), records.path / "asha.json")
+        before = Ledger(records.path).read()
+        _check_ledger(sweep, before, records.path / "asha.json")
+        if opts.preflight:  # before anything is written: a sweep that cannot run leaves no records
+            cells = (before or {"cells": {}})["cells"]
+            todo = [c for c in sweep.cells if cells.get(c.id, {}).get("state") in (None, R.TRAINING, R.PAUSED)]
+            problems = preflight(todo) if todo else []
+            if problems:
+                raise PreflightError("preflight failed, nothing submitted:\n  " + "\n  ".join(problems[:20]))
         save_info(records, sweep)
         data = _prepare_ledger(sweep, records, opts.retry_failed)
         sync_pruned_markers(sweep, Ledger(records.path))
@@ -142,11 +149,6 @@ def submit(sweep: Sweep, opts: Options) -> int:
         if n <= 0:
             say(f"{len(live)} worker(s) alive ({', '.join(live[:8])}) and {work} job(s) free now: nothing to start")
             return 0
-        if opts.preflight:
-            todo = [c for c in sweep.cells if data["cells"].get(c.id, {}).get("state") in (None, R.TRAINING, R.PAUSED)]
-            problems = preflight(todo)
-            if problems:
-                raise PreflightError("preflight failed, nothing submitted:\n  " + "\n  ".join(problems[:20]))
         if opts.executor == "slurm":
             record = _submit_slurm(sweep, opts, records, n)
             say(f"submitted {n} ASHA worker(s) as SLURM job array {record['job_ids'][0]}; they share "
