@@ -218,15 +218,20 @@ def print_rungs(sweep: Sweep, out=None) -> None:
         last = k == len(rungs) - 1
         training = [cid for cid, c in data["cells"].items() if c["state"] == R.TRAINING and c["rung"] == k]
         head = (f"rung {k + 1}/{len(rungs)} (epoch {epoch}): {len(res)} result(s)" +
-                ("" if last else f", top {R.top_count(data, k)} go on, promoted {len(promoted)}") +
+                ("" if last else f", top {R.top_count(data, k)} go on, promoted {len(promoted)}" +
+                 (" (each promoted while in the top of the results recorded then)"
+                  if len(promoted) > R.top_count(data, k) else "")) +
                 (f", {'closed' if R.rung_closed(data, k) else 'open'}" if not last else "") +
                 (f"; training now: {', '.join(training)}" if training else ""))
         print(head, file=out)
+        when = {e["cell"]: e for e in data["events"] if e["event"] == "promote" and e["rung"] == k + 1}
         for i, cid in enumerate(R.ranked(data, k)):
             c = data["cells"].get(cid, {})
             v = res[cid]["value"]
             if cid in promoted:
-                word = "promoted"
+                e = when.get(cid)  # ASHA never takes a promotion back: say when it was earned
+                word = ("promoted" if i < R.top_count(data, k) or e is None else
+                        f"promoted (rank {e['rank']} of {e['of']} then)")
             elif last or c.get("state") == R.DONE:
                 word = "done"
             else:
