@@ -130,14 +130,15 @@ def _take_over(path: Path, judged: os.stat_result, other: dict) -> bool:
         guard.unlink(missing_ok=True)
 
 
-def _same_file(aside: Path, judged: os.stat_result, other: dict) -> bool:
-    """Is the file at `aside` the one we judged? (same inode; same holder token when it had one)"""
+def _same_file(file: Path, judged: os.stat_result, other: dict) -> bool:
+    """Is `file` (the lock, or where it was renamed to) the one we judged? (same inode; same holder token when
+    it had one)"""
     try:
-        st = aside.stat()
+        st = file.stat()
         if (st.st_ino, st.st_dev) != (judged.st_ino, judged.st_dev):
             return False
         if other.get("token"):
-            return json.loads(aside.read_text()).get("token") == other["token"]
+            return json.loads(file.read_text()).get("token") == other["token"]
         return True
     except (OSError, ValueError):
         return False
@@ -170,11 +171,8 @@ class DirLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        try:
-            if json.loads(self.path.read_text()).get("token") == self.holder["token"]:
-                self.path.unlink()
-        except (OSError, ValueError):
-            pass
+        if self.held():
+            self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> "DirLock":
         return self

@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 from imgtrain.sweep import asha_rules as R
 from imgtrain.sweep.asha_ledger import Ledger
-from imgtrain.sweep.asha_worker import sync_pruned_markers, worker_alive
+from imgtrain.sweep.asha_worker import dead_workers, sync_pruned_markers
 from imgtrain.sweep.executors import Options, PreflightError, executor_parameters, preflight, save_info, say
 from imgtrain.sweep.records import SLURM_ACTIVE, SlurmQuery, SweepDir, job_name, now_iso, proc_alive, proc_start
 from imgtrain.sweep.spec import REPO, SpecError, Sweep
@@ -71,6 +71,11 @@ def _live_workers(records: SweepDir, slurm: SlurmQuery) -> list[str]:
     return live
 
 
+def _grid(sweep: Sweep) -> dict[str, str]:
+    """Cell id -> config hash, in grid order (what the ledger keeps of a submission's grid)."""
+    return {c.id: c.config_hash for c in sweep.cells}
+
+
 def _check_ledger(sweep: Sweep, data: Optional[dict], path) -> None:
     """A sweep submitted again must keep its schedule (checked before anything is written)."""
     from imgtrain.sweep.halving import halving_metric
@@ -87,7 +92,7 @@ def _check_ledger(sweep: Sweep, data: Optional[dict], path) -> None:
         raise SpecError(f"sweep {sweep.name}: cell(s) {', '.join(left_out[:8])} have started and are not in the "
                         f"grid any more ({path} holds their records, and ASHA may still promote them): give the "
                         "grid all its started cells, or use a new sweep name")
-    changed = R.changed_cells(data, {c.id: c.config_hash for c in sweep.cells})
+    changed = R.changed_cells(data, _grid(sweep))
     if changed:
         raise SpecError(f"sweep {sweep.name}: cell(s) {', '.join(changed[:8])} now give another config than they "
                         f"were submitted with (the base config or shared overrides changed): their records in "
@@ -100,13 +105,11 @@ def _prepare_ledger(sweep: Sweep, records: SweepDir, retry_failed: bool) -> dict
     metric, mode = halving_metric(sweep)
     ledger = Ledger(records.path)
     # who is gone is asked outside the lock (squeue may take seconds): a claim made meanwhile counts as alive
-    before = ledger.read() or {"cells": {}}
-    dead = {c["worker"] for c in before["cells"].values()
-            if c["state"] == R.TRAINING and c["worker"] and not worker_alive(c["worker"])}
+    dead = dead_workers(ledger.read())
     with ledger.transaction(
             create=lambda: R.new_ledger(sweep.name, h.rungs, h.eta, metric, mode, [])) as data:
         _check_ledger(sweep, data, ledger.path)
-        R.merge_grid(data, {c.id: c.config_hash for c in sweep.cells})  # changes were refused by _check_ledger
+        R.merge_grid(data, _grid(sweep))  # changes were refused by _check_ledger
         freed = R.release_dead(data, lambda key: key not in dead)
         if freed:
             say(f"freed the cells of workers that are gone: {', '.join(freed)} (they resume from last.pt)")
@@ -216,11 +219,11 @@ def print_rungs(sweep: Sweep, out=None) -> None:
         res = data["results"].get(str(k), {})
         promoted = data["promoted"].get(str(k), [])
         last = k == len(rungs) - 1
+        top = R.top_count(data, k)
         training = [cid for cid, c in data["cells"].items() if c["state"] == R.TRAINING and c["rung"] == k]
         head = (f"rung {k + 1}/{len(rungs)} (epoch {epoch}): {len(res)} result(s)" +
-                ("" if last else f", top {R.top_count(data, k)} go on, promoted {len(promoted)}" +
-                 (" (each promoted while in the top of the results recorded then)"
-                  if len(promoted) > R.top_count(data, k) else "")) +
+                ("" if last else f", top {top} go on, promoted {len(promoted)}" +
+                 (" (each promoted while in the top of the results recorded then)" if len(promoted) > top else "")) +
                 (f", {'closed' if R.rung_closed(data, k) else 'open'}" if not last else "") +
                 (f"; training now: {', '.join(training)}" if training else ""))
         print(head, file=out)
@@ -230,7 +233,7 @@ def print_rungs(sweep: Sweep, out=None) -> None:
             v = res[cid]["value"]
             if cid in promoted:
                 e = when.get(cid)  # ASHA never takes a promotion back: say when it was earned
-                word = ("promoted" if i < R.top_count(data, k) or e is None else
+                word = ("promoted" if i < top or e is None else
                         f"promoted (rank {e['rank']} of {e['of']} then)")
             elif last or c.get("state") == R.DONE:
                 word = "done"

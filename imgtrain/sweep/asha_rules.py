@@ -18,8 +18,8 @@ Ledger (`<root>/sweeps/<name>/asha.json`):
     results  {"k": {id: {"value": v|null, "seq": n}}}    what each cell reached at rung k, in arrival order
     promoted {"k": [id, ...]}                           promoted from rung k to k + 1, in order
     hashes   {id: config hash}                          what each cell was submitted with (a change is refused)
-    events   [{"seq", "time", "event": grid|start|resume|reclaim|release|promote|result|prune|unprune|fail|retry, "cell",
-               "rung", ...}]                            (grid: the order of the cells from then on, no cell)
+    events   [{"seq", "time", "event", "cell", "rung", ...}]   event: grid (the order of the cells from then on,
+             no cell), start, resume, reclaim, release, promote, result, prune, unprune, fail, retry
     seq                             the last event number
 """
 from __future__ import annotations
@@ -186,13 +186,12 @@ def record_result(ledger: dict, cid: str, k: int, value: Optional[float], *, fin
     `finished`: the run ended (DONE: the last rung, or stopped early). Returns False, and nothing changes,
     when rung k already holds a result of this cell (a requeued job that finished twice) or the cell is not
     this worker's claim at rung k any more (taken over meanwhile: the new holder records it)."""
-    res = ledger["results"].get(str(k), {})
-    if cid in res:
-        return False
     c = ledger["cells"].get(cid, {})
     if c.get("state") != TRAINING or c.get("rung") != k or (worker is not None and c.get("worker") != worker):
         return False
     res = ledger["results"].setdefault(str(k), {})
+    if cid in res:
+        return False
     if value is not None and not math.isfinite(value):
         value = None
     e = _event(ledger, "result", cid, k, value=value, worker=worker, finished=finished)
@@ -233,16 +232,15 @@ def close_rungs(ledger: dict) -> list[str]:
             continue
         order = ranked(ledger, k)
         top = top_count(ledger, k)
-        res = ledger["results"][str(k)] if order else {}
-        for cid in order:
+        res = ledger["results"].get(str(k), {})
+        threshold = res[order[top - 1]]["value"] if top else None
+        for rank, cid in enumerate(order, 1):
             c = ledger["cells"][cid]
-            if order.index(cid) < top and res[cid]["value"] is not None:
+            if rank <= top and res[cid]["value"] is not None:
                 continue
             if c["state"] == PAUSED and c["rung"] == k:
                 c["state"] = PRUNED
-                v = ledger["results"][str(k)][cid]["value"]
-                threshold = ledger["results"][str(k)][order[top - 1]]["value"] if top else None
-                _event(ledger, "prune", cid, k, value=v, rank=order.index(cid) + 1, of=len(order), top=top,
+                _event(ledger, "prune", cid, k, value=res[cid]["value"], rank=rank, of=len(order), top=top,
                        threshold=threshold)
                 pruned.append(cid)
     return pruned

@@ -35,8 +35,8 @@ from imgtrain import runs
 from imgtrain.engine import signals
 from imgtrain.sweep import asha_rules as R
 from imgtrain.sweep.asha_ledger import Ledger, LockLost
-from shards.dirlock import Locked
 from imgtrain.sweep.records import SLURM_ACTIVE, proc_alive, proc_start
+from shards.dirlock import Locked
 
 HOOK = "trainer.stop_after_epochs"
 
@@ -49,11 +49,9 @@ def worker_key(local: bool = False) -> str:
     """Stable across requeues of one array task (its array id and index); a local worker (`local`, or outside
     SLURM) is its process."""
     env = os.environ
-    if local:
-        pass
-    elif env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+    if not local and env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
         return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    elif env.get("SLURM_JOB_ID"):
+    if not local and env.get("SLURM_JOB_ID"):
         return env["SLURM_JOB_ID"]
     return f"local:{socket.gethostname()}:{os.getpid()}:{proc_start(os.getpid())}"
 
@@ -138,14 +136,11 @@ def train_to_rung(sweep, cell, k: int, rungs: list[int]) -> tuple[str, int]:
     return "stopped", done  # a signal, even one seen at the rung's last step: the requeued job resumes it
 
 
-def _other_dead(ledger: Ledger, worker: str) -> set[str]:
-    """Workers of other claims that are gone, asked outside the lock (squeue can take seconds) and only when
-    no cell is left to start (the only time next_job looks at them)."""
-    data = ledger.read()
-    if data is None or R.unstarted(data):
-        return set()
-    keys = {c["worker"] for c in data["cells"].values()
-            if c["state"] == R.TRAINING and c["worker"] not in (None, worker)}
+def dead_workers(data: Optional[dict], but: Optional[str] = None) -> set[str]:
+    """The workers holding claims in `data` (other than `but`) that are gone. `data` is a ledger read without
+    the lock, because squeue can take seconds; a claim made after that read counts as alive."""
+    keys = {c["worker"] for c in (data or {"cells": {}})["cells"].values()
+            if c["state"] == R.TRAINING and c["worker"] not in (None, but)}
     return {k for k in keys if not worker_alive(k)}
 
 
@@ -178,7 +173,8 @@ def run_worker(sweep_dir: str | Path, *, worker: Optional[str] = None,
     while True:
         if stopping():
             return "stopped", None, 0
-        dead = _other_dead(ledger, worker)
+        snapshot = ledger.read()  # next_job asks who is gone only when no cell is left to start
+        dead = set() if snapshot is None or R.unstarted(snapshot) else dead_workers(snapshot, worker)
         (job, rungs, metric), data = _commit(
             ledger, lambda d: (R.next_job(d, worker, alive=lambda key: key not in dead), d["rungs"], d["metric"]),
             before_commit)
